@@ -1,0 +1,155 @@
+"""pass@k: the unbiased estimator, and a command that measures it for a model.
+
+pass@k is the probability that at least one of k samples is correct. From n >= k samples of which c
+are correct, the unbiased estimator (Chen et al. 2021, "Evaluating Large Language Models Trained on
+Code", Eq. 1) is
+
+    pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n - c + 1}^{n} (1 - k / i)
+
+and the product form never forms the huge binomials. The Entropy Scheduling paper picks its
+schedule for a pass@k goal: small k rewards a sharp policy, large k a diverse one. This script
+also reports the samples' mean token entropy, so that entropy and pass@k can be plotted against
+each other across checkpoints.
+
+    python eval_passk.py --model runs/default/checkpoints/latest --dataset arithmetic --n 16 --k 1,4,16
+    torchrun --standalone --nproc_per_node=8 eval_passk.py --model Qwen/Qwen2.5-Math-1.5B \\
+        --dataset math --split test --limit 500 --n 16 --k 1,4,16 --out results.json
+
+Under torchrun the prompts are split across ranks and the counts gathered on rank 0.
+`pass_at_k` is copyable alone (standard library); the command imports the rest when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (exact for n up to thousands).
+
+    >>> pass_at_k(n=4, c=1, k=2)  # 1 - C(3, 2) / C(4, 2) = 1 - 3/6
+    0.5
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n, got n={n}, c={c}")
+    if k < 1 or k > n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= n = {n} samples per prompt; sample more "
+                         f"(--n {k}) or ask for a smaller k")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def summarize(correct: list[int], n: int, ks: list[int]) -> dict[str, float]:
+    """Mean pass@k over prompts, from each prompt's number of correct samples."""
+    return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
+
+
+def evaluate_passk(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
+                   max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                   prompts_per_batch: int = 16, chunk_size: int = 1024,
+                   progress: bool = False) -> dict:
+    """Sample n completions per problem; returns per-problem correct counts, pass@k and entropy.
+
+    `problems` are dicts with "prompt" (already templated) and "answer"; `reward_fn(completion,
+    answer)` returns 1.0 for a correct completion. The entropy is the token-mean over all samples
+    of the full next-token distribution's entropy at this temperature.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from rollout import generate_rollouts, policy_logprobs_and_entropy
+
+    correct, entropy_sum, tokens = [], 0.0, 0
+    batches = range(0, len(problems), prompts_per_batch)
+    for start in tqdm(batches, desc="pass@k", disable=not progress):
+        batch = problems[start : start + prompts_per_batch]
+        rollouts = generate_rollouts(model, tokenizer, [p["prompt"] for p in batch], n,
+                                     max_new_tokens, temperature, top_p)
+        rewards = torch.tensor([reward_fn(text, batch[i // n]["answer"])
+                                for i, text in enumerate(rollouts.completions)])
+        correct += (rewards.view(len(batch), n) > 0.5).sum(dim=1).tolist()
+        _, entropy = policy_logprobs_and_entropy(model, rollouts, micro_batch_size=64,
+                                                 chunk_size=chunk_size, temperature=temperature)
+        entropy_sum += (entropy * rollouts.loss_mask).sum().item()
+        tokens += int(rollouts.loss_mask.sum())
+    return {"correct": correct, "n": n, "entropy": entropy_sum / max(tokens, 1), "tokens": tokens,
+            **summarize(correct, n, ks)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="HF hub name or local directory (a checkpoint)")
+    parser.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math | dapo-math | FILE")
+    parser.add_argument("--split", default="test", help="split of a hub data set")
+    parser.add_argument("--limit", type=int, default=200, help="number of problems (0: all)")
+    parser.add_argument("--prompt_field", default="prompt")
+    parser.add_argument("--answer_field", default="answer")
+    parser.add_argument("--chat_template", default="auto", choices=["auto", "none"])
+    parser.add_argument("--system_prompt", default=None, help="instruction put before each problem")
+    parser.add_argument("--n", type=int, default=16, help="samples per problem")
+    parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--max_new_tokens", type=int, default=None,
+                        help="default: 8 for arithmetic, 1024 otherwise")
+    parser.add_argument("--prompts_per_batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write per-problem counts and the summary here")
+    args = parser.parse_args(argv)
+    ks = [int(k) for k in args.k.split(",")]
+    for k in ks:
+        if not 1 <= k <= args.n:
+            parser.error(f"--k {k}: each k must be between 1 and --n {args.n}")
+
+    import torch
+    import torch.distributed as dist
+
+    from reward import load_problems, math_reward
+    from train import format_prompts, load_policy  # the same loading and templating as training
+
+    distributed = "RANK" in __import__("os").environ
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    torch.manual_seed(args.seed + rank)
+    model, tokenizer = load_policy(args.model, rank)
+    model.eval()
+    problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
+                             limit=args.limit or None)
+    problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
+    max_new = args.max_new_tokens or (8 if args.dataset == "arithmetic" else 1024)
+    mine = problems[rank::world]
+    result = evaluate_passk(model, tokenizer, mine, math_reward, args.n, ks, max_new,
+                            args.temperature, args.top_p, args.prompts_per_batch, progress=rank == 0)
+    if distributed:  # gather every rank's counts; re-interleave into the original problem order
+        gathered = [None] * world
+        dist.all_gather_object(gathered, result)
+        correct = [None] * len(problems)
+        for r, part in enumerate(gathered):
+            correct[r::world] = part["correct"]
+        tokens = sum(p["tokens"] for p in gathered)
+        entropy = sum(p["entropy"] * p["tokens"] for p in gathered) / max(tokens, 1)
+        result = {"correct": correct, "n": args.n, "entropy": entropy, "tokens": tokens,
+                  **summarize(correct, args.n, ks)}
+    if rank == 0:
+        print(f"\n{args.model} on {args.dataset} ({len(problems)} problems, n={args.n}, "
+              f"T={args.temperature})")
+        print("  " + "  ".join(f"{key:>9}" for key in [f"pass@{k}" for k in ks] + ["entropy"]))
+        print("  " + "  ".join(f"{result[key]:>9.4f}" for key in [f"pass@{k}" for k in ks] + ["entropy"]))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"model": args.model, "dataset": args.dataset, "args": vars(args),
+                           "summary": {k: v for k, v in result.items() if k != "correct"},
+                           "per_problem": [{"prompt": p["prompt"], "answer": p["answer"], "correct": c}
+                                           for p, c in zip(problems, result["correct"])]}, f, indent=1)
+            print(f"wrote {args.out}")
+    if distributed:
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()

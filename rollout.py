@@ -1,0 +1,233 @@
+"""Rollouts with HF `generate`, and per-token log-probs and entropy without the (N, V) logits.
+
+An RL step needs, for every completion token t, the policy's log-probability of the sampled token
+and the entropy of the whole next-token distribution (the quantity Entropy Scheduling controls):
+
+    logp_t = z_t[y_t] - logsumexp(z_t),     H_t = logsumexp(z_t) - sum_v softmax(z_t)_v z_{t,v}
+
+with z_t = h_t W^T / T the logits (h_t the last hidden state, W the lm_head weight, T the sampling
+temperature). One logsumexp serves both: that is the "fused" part. The logits are N x V floats
+(32k tokens x 152k vocabulary = 19 GB in fp32), so both entry points go chunk by chunk:
+
+  * `logprobs_and_entropy(logits, labels)` when the logits exist already (rows in fp32 chunks);
+  * `fused_logprobs_and_entropy(hidden, weight, labels)` never builds them: a
+    torch.autograd.Function whose forward keeps only hidden, weight, labels and two numbers per
+    token, and whose backward recomputes each chunk's logits (as verl's FusedLinearForPPO) with
+
+        dL/dz = dlogp * (onehot(y) - p) - dH * p * (log p + H),   then / T.
+
+`generate_rollouts` samples `group_size` completions per prompt with KV-cached `model.generate`
+and returns a `Rollouts` batch whose loss mask keeps each completion up to and including its first
+EOS (never derived from token == pad_id: pad is often EOS). `policy_logprobs_and_entropy` runs the
+policy over such a batch through the fused path, in micro-batches.
+
+Left out: vLLM/SGLang generation (HF generate is slower but is the same model object that trains,
+which keeps this file short and exact); lm_heads with a bias or logit soft-capping (Gemma 2)
+fall back to full logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+# ----------------------------------------------------------------------------- log-probs and entropy
+def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row log-prob of `labels` and entropy from (N, V) logits, in fp32 row chunks.
+
+    Differentiable through autograd. Only one chunk is upcast to fp32 at a time, which is what
+    saves memory for bf16 logits without grad (TRL's `entropy_from_logits` does the same).
+    Returns (logp (N,), entropy (N,)) in fp32.
+    """
+    logps, entropies = [], []
+    for start in range(0, logits.shape[0], chunk_size):
+        z = logits[start : start + chunk_size].float()  # (n, V)
+        logp_all = torch.log_softmax(z, dim=-1)
+        logps.append(logp_all.gather(1, labels[start : start + chunk_size, None]).squeeze(1))
+        entropies.append(-(logp_all.exp() * logp_all).sum(-1))
+    return torch.cat(logps), torch.cat(entropies)
+
+
+class FusedLinearLogprobEntropy(torch.autograd.Function):
+    """logp(label) and entropy from hidden states and the lm_head weight, chunk by chunk.
+
+    Memory: the forward keeps hidden (N, H), weight (V, H), labels and two floats per token; a
+    chunk's (chunk_size, V) logits live only inside the loop, in forward and again in backward.
+    Compute: the backward recomputes each chunk's logits (one more N x V x H matmul than the
+    naive path) in exchange for never holding N x V floats.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_size, temperature):
+        # hidden (N, H), weight (V, H), labels (N,) -> logp (N,), entropy (N,), both fp32
+        weight_f = weight.float()  # a no-op for fp32; for bf16 one (V, H) fp32 copy
+        n = hidden.shape[0]
+        logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        entropy = torch.empty_like(logp)
+        lse = torch.empty_like(logp)
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            z = hidden[start:end].float() @ weight_f.T  # (n, V) fp32 logits of this chunk
+            if temperature != 1.0:
+                z.div_(temperature)
+            lse_c = torch.logsumexp(z, dim=-1)  # (n,)
+            logp[start:end] = z.gather(1, labels[start:end, None]).squeeze(1) - lse_c
+            p_times_z = torch.exp(z - lse_c[:, None]).mul_(z)  # (n, V): softmax(z) * z
+            entropy[start:end] = lse_c - p_times_z.sum(-1)
+            lse[start:end] = lse_c
+        ctx.save_for_backward(hidden, weight, labels, lse, entropy)
+        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, labels, lse, entropy = ctx.saved_tensors
+        chunk_size, temperature = ctx.chunk_size, ctx.temperature
+        weight_f = weight.float()
+        grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()
+        grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.float()
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_weight = torch.zeros_like(weight_f) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            h = hidden[start:end].float()  # (n, H)
+            z = h @ weight_f.T  # (n, V): recomputed logits
+            if temperature != 1.0:
+                z.div_(temperature)
+            log_p = z.sub_(lse[start:end, None])  # (n, V), in place: log softmax
+            p = log_p.exp()
+            g_logp, g_ent = grad_logp[start:end, None], grad_entropy[start:end, None]
+            # dL/dz = g_logp * (onehot - p) - g_ent * p * (log p + H), built in the log_p buffer
+            grad_z = log_p.add_(entropy[start:end, None]).mul_(g_ent).add_(g_logp).mul_(p).neg_()
+            grad_z.scatter_add_(1, labels[start:end, None], g_logp)
+            if temperature != 1.0:
+                grad_z.div_(temperature)
+            grad_hidden[start:end] = grad_z @ weight_f  # (n, H)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_z.T, h)  # (V, H)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        return grad_hidden.to(hidden.dtype), grad_weight, None, None, None
+
+
+def fused_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                               chunk_size: int = 1024,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp (N,), entropy (N,)) in fp32 of the logits `hidden @ weight.T / temperature`,
+    without materialising them. hidden (N, H), weight (V, H), labels (N,) int64.
+
+    >>> h, w = torch.randn(3, 4), torch.randn(5, 4)
+    >>> logp, ent = fused_logprobs_and_entropy(h, w, torch.tensor([0, 1, 2]), chunk_size=2)
+    >>> torch.allclose(logp, torch.log_softmax(h @ w.T, -1)[range(3), [0, 1, 2]], atol=1e-6)
+    True
+    """
+    return FusedLinearLogprobEntropy.apply(hidden, weight, labels, chunk_size, temperature)
+
+
+# ----------------------------------------------------------------------------- rollouts
+@dataclass
+class Rollouts:
+    """A batch of completions; the `group_size` completions of a prompt are adjacent rows."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded prompt tokens
+    completion_ids: torch.Tensor  # (B, T) sampled tokens; rows ended early hold padding after EOS
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    loss_mask: torch.Tensor  # (B, T) 1 up to and including the first EOS
+    completions: list[str]  # (B,) decoded completions, special tokens dropped
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (B, P + T)
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # (B, P + T)
+        return torch.cat([self.prompt_mask, self.loss_mask], dim=1)
+
+    def select(self, rows: torch.Tensor | list[int]) -> "Rollouts":
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return Rollouts(self.prompt_ids[rows], self.completion_ids[rows], self.prompt_mask[rows],
+                        self.loss_mask[rows], [self.completions[i] for i in rows.tolist()])
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
+    """(B, T) mask keeping each row up to and including its first EOS; all of a row without one.
+
+    >>> completion_mask(torch.tensor([[5, 2, 2, 7], [5, 6, 7, 8]]), eos_token_id=2)
+    tensor([[1, 1, 0, 0],
+            [1, 1, 1, 1]])
+    """
+    eos = torch.as_tensor(eos_token_id, device=completion_ids.device).flatten()
+    is_eos = torch.isin(completion_ids, eos).long()  # (B, T)
+    eos_before = is_eos.cumsum(dim=1) - is_eos  # EOS tokens strictly before position t
+    return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
+                      temperature: float = 1.0, top_p: float = 1.0) -> Rollouts:
+    """Sample `group_size` completions for each prompt with `model.generate` (KV cache on).
+
+    Prompts are tokenized with left padding so that every row's completion starts at the same
+    column. Sampling is pure temperature / top-p (top_k=0): the log-probs the loss uses are those
+    of this distribution at this temperature.
+    """
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    device = next(model.parameters()).device
+    prompt_ids = encoded["input_ids"].repeat_interleave(group_size, dim=0).to(device)  # (B, P)
+    prompt_mask = encoded["attention_mask"].repeat_interleave(group_size, dim=0).to(device)
+    eos = tokenizer.eos_token_id if model.generation_config.eos_token_id is None \
+        else model.generation_config.eos_token_id
+    output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
+                            temperature=temperature, top_p=top_p, top_k=0,
+                            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=eos)
+    completion_ids = output[:, prompt_ids.shape[1] :]  # (B, T), T <= max_new_tokens
+    loss_mask = completion_mask(completion_ids, eos)
+    texts = tokenizer.batch_decode(completion_ids * loss_mask + tokenizer.pad_token_id * (1 - loss_mask),
+                                   skip_special_tokens=True)
+    return Rollouts(prompt_ids, completion_ids, prompt_mask, loss_mask, texts)
+
+
+# ----------------------------------------------------------------------------- the policy's view
+def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                  completion_len: int, chunk_size: int = 1024,
+                                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logp, entropy), each (B, T) fp32, of the last `completion_len` tokens of `input_ids`.
+
+    Runs the model once with `logits_to_keep=1` (so its own lm_head computes one position only),
+    takes the final hidden states, and applies the fused head. Position ids come from the
+    attention mask, exactly as `generate` builds them for left-padded prompts.
+    """
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, P + T)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    T = completion_len
+    hidden = out.hidden_states[-1][:, -T - 1 : -1, :]  # (B, T, H): states that predict the completion
+    labels = input_ids[:, -T:]  # (B, T)
+    head = model.get_output_embeddings()
+    B, _, H = hidden.shape
+    if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None):
+        logits = head(hidden)  # (B, T, V)
+        logp, entropy = logprobs_and_entropy((logits / temperature).reshape(B * T, -1),
+                                             labels.reshape(-1), chunk_size)
+    else:
+        logp, entropy = fused_logprobs_and_entropy(hidden.reshape(B * T, H), head.weight,
+                                                   labels.reshape(-1), chunk_size, temperature)
+    return logp.view(B, T), entropy.view(B, T)
+
+
+@torch.no_grad()
+def policy_logprobs_and_entropy(model, rollouts: Rollouts, micro_batch_size: int,
+                                chunk_size: int = 1024,
+                                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """No-grad (logp, entropy), each (B, T), of a whole rollout batch, micro-batch by micro-batch
+    (the "old" log-probs of PPO's ratio and the entropy the controller measures)."""
+    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
+    T = rollouts.completion_ids.shape[1]
+    pieces = [sequence_logprobs_and_entropy(model, input_ids[s : s + micro_batch_size],
+                                            attention_mask[s : s + micro_batch_size], T,
+                                            chunk_size, temperature)
+              for s in range(0, input_ids.shape[0], micro_batch_size)]
+    return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])

@@ -1,0 +1,161 @@
+import math
+import random
+
+import pytest
+
+from entropy_schedule import (BalanceController, EntropySchedule, PIDClipController,
+                              SkyworkController, TrackingError, make_controller, schedule_for_goal)
+
+
+def test_schedule_values_by_hand():
+    assert EntropySchedule("none").target(5) is None
+    assert EntropySchedule("constant", start=0.7, end=0.1).target(99) == 0.7
+    lin = EntropySchedule("linear", start=1.0, end=0.2, total_steps=100)
+    assert [lin.target(s) for s in (0, 25, 100)] == pytest.approx([1.0, 0.8, 0.2])
+    cos = EntropySchedule("cosine", start=1.0, end=0.2, total_steps=100)
+    # cosine: end + (start - end) (1 + cos(pi p)) / 2: p = 0.5 -> midpoint, p = 0.25 -> 0.2 + 0.8 * 0.8536
+    assert cos.target(50) == pytest.approx(0.6)
+    assert cos.target(25) == pytest.approx(0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2)
+    sa = EntropySchedule("stable-anneal", start=1.0, end=0.2, total_steps=100, stable_frac=0.6)
+    assert [sa.target(s) for s in (0, 59, 60, 80, 100)] == pytest.approx([1.0, 1.0, 1.0, 0.6, 0.2])
+    sal = EntropySchedule("stable-anneal", 1.0, 0.2, 100, stable_frac=0.6, anneal_shape="linear")
+    assert sal.target(70) == pytest.approx(0.8)
+    cyc = EntropySchedule("cyclic", start=1.0, end=0.2, total_steps=100, period=40)
+    assert [cyc.target(s) for s in (0, 10, 20, 40)] == pytest.approx([1.0, 0.6, 0.2, 1.0])
+
+
+def test_warmup_ramps_from_measured_entropy():
+    s = EntropySchedule("constant", start=1.0, end=1.0, total_steps=100, warmup_steps=10, warmup_from=0.5)
+    assert [s.target(t) for t in (0, 5, 10, 50)] == pytest.approx([0.5, 0.75, 1.0, 1.0])
+    sa = EntropySchedule("stable-anneal", 1.0, 0.2, 110, stable_frac=0.5, warmup_steps=10)
+    assert sa.anneal_start == 60
+
+
+def test_phases():
+    sa = EntropySchedule("stable-anneal", 1.0, 0.2, 100, stable_frac=0.3)
+    assert [sa.phase(s) for s in (0, 29, 30, 99)] == ["stable", "stable", "anneal", "anneal"]
+    assert EntropySchedule("constant", 1.0, 1.0, 100).phase(99) == "stable"
+    assert EntropySchedule("linear", 1.0, 0.2, 100).phase(0) == "anneal"
+    assert EntropySchedule("none", stable_frac=0.5, total_steps=10).phase(5) == "anneal"
+    cyc = EntropySchedule("cyclic", 1.0, 0.2, 100, period=20)
+    assert [cyc.phase(s) for s in (0, 9, 10, 19, 20)] == ["anneal", "anneal", "stable", "stable", "anneal"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "exponential"}, "unknown name 'exponential'"),
+    ({"name": "constant", "start": -0.1}, "must be > 0"),
+    ({"stable_frac": 1.5}, "stable_frac"),
+    ({"anneal_shape": "step"}, "anneal_shape"),
+])
+def test_schedule_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EntropySchedule(**kwargs)
+
+
+def test_goal_rule():
+    low, mid, high = (schedule_for_goal(k, 100, initial_entropy=2.0) for k in (1, 10, 100))
+    assert (low.start, low.end, low.stable_frac) == pytest.approx((1.6, 0.5, 0.3))
+    assert (mid.start, mid.end, mid.stable_frac) == pytest.approx((2.0, 1.0, 0.55))  # u = 0.5
+    assert (high.start, high.end, high.stable_frac) == pytest.approx((2.4, 1.5, 0.8))
+    assert schedule_for_goal(1000, 100, 2.0).end == high.end  # clipped at k = 100
+    with pytest.raises(ValueError):
+        schedule_for_goal(0, 100, 1.0)
+
+
+def test_pid_by_hand():
+    pid = PIDClipController(init=0.28, kp=0.5, ki=0.05, kd=0.1, low=0.05, high=1.0)
+    # e = (1.0 - 0.5) / 1.0 = 0.5; integral 0.5; no derivative on the first step
+    assert pid.update(0.5, 1.0) == pytest.approx(0.28 + 0.25 + 0.025)
+    # e = 0.2; integral 0.7; derivative -0.3
+    assert pid.update(0.8, 1.0) == pytest.approx(0.28 + 0.1 + 0.035 - 0.03)
+    assert pid.update(0.8, None) == pid.knob  # no target: hold
+
+
+def test_pid_anti_windup_leaves_the_bound_at_once():
+    pid = PIDClipController(init=0.28, kp=0.5, ki=0.05, high=0.6)
+    for _ in range(50):  # entropy far below target for a long time: output pinned at the top
+        assert pid.update(0.1, 1.0) <= 0.6
+    assert pid.knob == 0.6
+    integral_at_bound = pid.integral
+    assert integral_at_bound < 10  # without anti-windup it would be 50 * 0.9 = 45
+    # entropy overshoots: the output must leave the bound on this very step
+    assert pid.update(1.2, 1.0) < 0.6
+
+
+def test_skywork_rule_by_hand():
+    sk = SkyworkController(delta=0.01, high=0.025)
+    assert sk.update(0.1, 0.5) == pytest.approx(0.01)  # below target: bonus on, coef up
+    assert sk.update(0.1, 0.5) == pytest.approx(0.02)
+    assert sk.update(0.1, 0.5) == pytest.approx(0.025)  # clipped
+    assert sk.update(0.9, 0.5) == 0.0  # above target: coef down to 0.015, bonus off
+    assert sk.coef == pytest.approx(0.015)
+
+
+def test_balance_by_hand_and_limits():
+    bal = BalanceController(kp=1.0, ki=0.1, limit=0.8)
+    assert bal.update(0.5, 1.0) == pytest.approx(0.5 + 0.05)  # too low: weight negatives up
+    bal = BalanceController(kp=1.0, ki=0.1, limit=0.8)
+    assert bal.update(2.0, 1.0) == pytest.approx(-0.8)  # too high: positives up, clipped
+
+
+def test_state_round_trip_continues_identically():
+    a = make_controller("pid")
+    for h in (0.5, 0.6, 0.7):
+        a.update(h, 1.0)
+    b = make_controller("pid")
+    b.load_state_dict(a.state_dict())
+    assert [a.update(h, 1.0) for h in (0.9, 1.1)] == [b.update(h, 1.0) for h in (0.9, 1.1)]
+    with pytest.raises(ValueError, match="unknown name"):
+        make_controller("bang")
+
+
+def test_tracking_error_per_phase():
+    t = TrackingError()
+    assert t.add(0.8, 1.0, "stable") == pytest.approx(0.2)
+    t.add(1.1, 1.0, "stable")
+    t.add(0.3, 0.2, "anneal")
+    assert t.add(0.3, None, "anneal") is None
+    assert t.summary() == pytest.approx({"stable": 0.15, "anneal": 0.5})
+
+
+# ----------------------------------------------------------------------------- a simulated plant
+def simulate(controller, schedule, knob_effect, steps=200, seed=0):
+    """An entropy "plant": H decays by 3% a step by itself (RL's natural collapse), responds to the
+    knob applied two steps earlier, with multiplicative noise. Returns the tracking summary."""
+    rng = random.Random(seed)
+    entropy, knobs, tracker = 1.0, [controller.knob] * 2, TrackingError()
+    for step in range(steps):
+        target = schedule.target(step)
+        tracker.add(entropy, target, schedule.phase(step))
+        knobs.append(controller.update(entropy, target))
+        entropy = max(entropy * 0.97 + knob_effect(knobs[-3]), 0.01) * (1 + rng.gauss(0, 0.02))
+    return tracker.summary()
+
+
+def clip_effect(eps_high):  # eps_high above 0.28 raises entropy, below lowers it
+    return 0.25 * (eps_high - 0.28)
+
+
+def bonus_effect(coef):  # an entropy bonus only raises; 0.1 is the top of its range (0.9 * 0.25)
+    return 2.25 * coef
+
+
+@pytest.mark.parametrize("schedule", [EntropySchedule("constant", 0.8, 0.8, 200),
+                                      EntropySchedule("stable-anneal", 0.8, 0.2, 200, stable_frac=0.5)])
+def test_pid_tracks_schedule_on_plant_and_beats_skywork(schedule):
+    pid = [simulate(PIDClipController(), schedule, clip_effect, seed=s) for s in range(3)]
+    sky = [simulate(SkyworkController(), schedule, bonus_effect, seed=s) for s in range(3)]
+
+    def mean(runs, phase):
+        values = [r[phase] for r in runs if r[phase] is not None]
+        return sum(values) / len(values)
+
+    print(f"\n{schedule.name}: PID stable {mean(pid, 'stable'):.3f}"
+          + (f" anneal {mean(pid, 'anneal'):.3f}" if schedule.name != "constant" else "")
+          + f" | Skywork stable {mean(sky, 'stable'):.3f}"
+          + (f" anneal {mean(sky, 'anneal'):.3f}" if schedule.name != "constant" else ""))
+    assert mean(pid, "stable") < 0.1
+    assert mean(pid, "stable") < mean(sky, "stable")
+    if schedule.name == "stable-anneal":
+        assert mean(pid, "anneal") < 0.15
+        assert mean(pid, "anneal") < mean(sky, "anneal")

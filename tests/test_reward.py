@@ -1,0 +1,136 @@
+import time
+
+import pytest
+
+from reward import (DataError, arithmetic_problems, extract_answer, format_reward, load_problems,
+                    math_reward, overlong_penalty)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (r"so the answer is \boxed{42}.", "42"),
+    (r"\boxed{1} then \boxed{\frac{1}{2}}", r"\frac{1}{2}"),  # the last one
+    (r"\boxed{\sqrt{\frac{a}{b}}}", r"\sqrt{\frac{a}{b}}"),  # nested braces
+    (r"\fbox{7}", "7"),
+    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72"),  # GSM8K solution
+    ("#### 1,234", "1,234"),
+    ("Thus the answer is 17.", "17."),
+    ("The final answer is: $3$", "3"),
+    ("12", "12"),  # the built-in task answers with a bare number
+    ("I think so", None),
+    ("", None),
+    (r"\boxed{unbalanced", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("completion, answer", [
+    (r"\boxed{1,000}", "1000"), (r"\boxed{\$18}", "18"), (r"\boxed{0.5}", r"\frac{1}{2}"),
+    (r"\boxed{\frac{1}{2}}", "1/2"), (r"\boxed{\dfrac12}", "0.5"), (r"\boxed{\tfrac{1}{2}}", "0.5"),
+    (r"\boxed{50\%}", "50"), (r"\boxed{- 3}", "-3"), ("The answer is 18.", "18"),
+    (r"\boxed{18 \text{ dollars}}", "18"), (r"\boxed{5\text{ cm}}", "5"), (r"\boxed{x = 5}", "5"),
+    ("#### 1,234", "1234"), (r"\boxed{\frac{3}{4}}", r"\frac{3}{4}"), (r"\boxed{\frac{3}{4}}", "0.75"),
+    (r"\boxed{90^\circ}", "90"), (r"\boxed{-\frac{1}{2}}", "-0.5"), (r"\boxed{(3)}", "3"),
+])
+def test_math_reward_equal(completion, answer):
+    assert math_reward(completion, answer) == 1.0
+
+
+@pytest.mark.parametrize("completion, answer", [
+    (r"\boxed{1001}", "1000"), (r"\boxed{0.51}", "1/2"), (r"\boxed{-3}", "3"), ("no answer", "3"),
+    (r"\boxed{1,2}", "12"), (r"\boxed{\frac{1}{0}}", "1"), (r"\boxed{}", ""),
+])
+def test_math_reward_different(completion, answer):
+    assert math_reward(completion, answer) == 0.0
+
+
+ADVERSARIAL = [
+    "9" * 100_000,  # a 100k-digit number
+    r"\boxed{" + "9" * 100_000 + "}",
+    "{" * 10_000 + "1" + "}" * 10_000,
+    r"\boxed{" + "{" * 10_000 + "1",  # 10k nested, unbalanced
+    r"\boxed{\frac{",
+    r"\frac{" * 5_000,
+    bytes(range(256)).decode("latin-1") * 100,  # binary junk
+    "",
+    "answer is " + "(" * 50_000,
+    "1/" * 50_000,
+    r"\boxed{" + r"\frac{1}{" * 3_000 + "2" + "}" * 3_000 + "}",
+    "#### " + "1," * 40_000,
+]
+
+
+@pytest.mark.parametrize("completion", ADVERSARIAL)
+def test_adversarial_completions_are_safe_and_fast(completion):
+    start = time.perf_counter()
+    assert math_reward(completion, "5") == 0.0
+    assert format_reward(completion) in (0.0, 1.0)
+    assert time.perf_counter() - start < 0.5  # the bound the verifier guarantees
+
+
+def test_non_string_completion_scores_zero():
+    assert math_reward(None, "5") == 0.0
+    assert math_reward(b"\x00\xff", "5") == 0.0
+
+
+def test_overlong_penalty_matches_dapo_formula():
+    # L_max = 100, L_buf = 20: free up to 80 tokens, then -(L - 80) / 20
+    assert overlong_penalty(50, 100, 20) == 0.0
+    assert overlong_penalty(80, 100, 20) == 0.0
+    assert overlong_penalty(90, 100, 20) == -0.5
+    assert overlong_penalty(100, 100, 20) == -1.0
+    assert overlong_penalty(90, 100, 20, penalty=0.4) == pytest.approx(-0.2)
+    assert overlong_penalty(100, 100, 0) == 0.0
+
+
+def test_arithmetic_task_is_deterministic_and_verifiable():
+    a, b = arithmetic_problems(50, seed=3), arithmetic_problems(50, seed=3)
+    assert a == b and a != arithmetic_problems(50, seed=4)
+    for p in a:
+        terms = [int(t) for t in p["prompt"].rstrip("=").split("+")]
+        assert len(terms) == p["level"] + 1 and p["answer"] == str(sum(terms))
+        assert math_reward(p["answer"], p["answer"]) == 1.0
+        assert math_reward(str(int(p["answer"]) + 1), p["answer"]) == 0.0
+
+
+def test_gsm8k_and_math_shapes(tmp_path):
+    # the answer conventions of GSM8K solutions and MATH solutions, through the local-file loader
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"question": "How many?", "solution": "... so #### 1,234", "level": "Level 3"}\n')
+    rows = load_problems(str(path), prompt_field="question", answer_field="solution")
+    assert rows == [{"prompt": "How many?", "answer": "... so #### 1,234", "level": 3}]
+    assert math_reward("We add them up. #### 1234", extract_answer(rows[0]["answer"])) == 1.0
+    assert math_reward(r"Thus $\boxed{\frac{3}{4}}$.", extract_answer(r"... = \boxed{\frac{3}{4}}")) == 1.0
+
+
+def test_load_problems_errors_name_file_row_and_field(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: missing field 'answer'"):
+        load_problems(str(bad))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "1+1=", "answer": "2"}\n{not json\n')
+    with pytest.raises(DataError, match=r"broken.jsonl: line 2: not valid JSON"):
+        load_problems(str(broken))
+    level = tmp_path / "level.jsonl"
+    level.write_text('{"prompt": "q", "answer": "2", "level": "hard"}\n')
+    with pytest.raises(DataError, match=r"line 1: field 'level' must be an integer"):
+        load_problems(str(level))
+    with pytest.raises(DataError, match="no such file"):
+        load_problems(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unknown file type"):
+        load_problems(str(tmp_path / "x.csv"))
+
+
+def test_load_problems_json_and_parquet(tmp_path):
+    import json
+
+    rows = [{"q": "1+1=", "a": 2}, {"q": "2+3=", "a": 5}]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    assert load_problems(str(tmp_path / "d.json"), prompt_field="q", answer_field="a")[1]["answer"] == "5"
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    got = load_problems(str(tmp_path / "d.parquet"), prompt_field="q", answer_field="a")
+    assert [p["prompt"] for p in got] == ["1+1=", "2+3="]

@@ -1,0 +1,149 @@
+import pytest
+import torch
+
+from rollout import (completion_mask, fused_logprobs_and_entropy, generate_rollouts,
+                     logprobs_and_entropy, policy_logprobs_and_entropy,
+                     sequence_logprobs_and_entropy)
+
+
+def naive64(hidden, weight, labels, temperature):
+    """The slow reference: full float64 logits, log_softmax, gather, entropy."""
+    h = hidden.detach().double().requires_grad_()
+    w = weight.detach().double().requires_grad_()
+    logp_all = torch.log_softmax(h @ w.T / temperature, dim=-1)
+    logp = logp_all.gather(1, labels[:, None]).squeeze(1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy, h, w
+
+
+@pytest.mark.parametrize("n, chunk, temperature", [(37, 8, 1.0), (37, 8, 0.7), (50, 16, 1.3),
+                                                    (5, 64, 1.0), (64, 64, 0.5), (1, 4, 1.0)])
+def test_fused_matches_float64_reference(n, chunk, temperature):
+    torch.manual_seed(n + chunk)
+    H, V = 24, 101
+    hidden = (torch.randn(n, H) * 0.5).requires_grad_()
+    weight = (torch.randn(V, H) * 0.5).requires_grad_()
+    labels = torch.randint(0, V, (n,))
+    g_logp, g_ent = torch.randn(n), torch.randn(n)  # arbitrary upstream gradients of both outputs
+
+    logp, entropy = fused_logprobs_and_entropy(hidden, weight, labels, chunk, temperature)
+    ((logp * g_logp).sum() + (entropy * g_ent).sum()).backward()
+    ref_logp, ref_ent, h64, w64 = naive64(hidden, weight, labels, temperature)
+    ((ref_logp * g_logp.double()).sum() + (ref_ent * g_ent.double()).sum()).backward()
+
+    close = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), **close)
+    torch.testing.assert_close(entropy.double(), ref_ent.detach(), **close)
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, **close)
+    torch.testing.assert_close(weight.grad.double(), w64.grad, **close)
+
+
+def test_fused_grad_of_one_output_only_and_frozen_weight():
+    torch.manual_seed(0)
+    hidden = torch.randn(10, 8, requires_grad=True)
+    weight = torch.randn(30, 8)  # frozen head: no weight gradient is computed
+    labels = torch.randint(0, 30, (10,))
+    _, entropy = fused_logprobs_and_entropy(hidden, weight, labels, 4)
+    entropy.sum().backward()
+    _, ref_ent, h64, _ = naive64(hidden, weight, labels, 1.0)
+    ref_ent.sum().backward()
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_bf16_inputs_accumulate_in_fp32():
+    torch.manual_seed(0)
+    hidden = (torch.randn(40, 32) * 0.5).bfloat16().requires_grad_()
+    weight = (torch.randn(200, 32) * 0.5).bfloat16().requires_grad_()
+    labels = torch.randint(0, 200, (40,))
+    logp, entropy = fused_logprobs_and_entropy(hidden, weight, labels, 16)
+    assert logp.dtype == torch.float32 and entropy.dtype == torch.float32
+    (logp.sum() + entropy.sum()).backward()
+    assert hidden.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.bfloat16
+    # against float64 on the same (bf16-rounded) inputs: only fp32 accumulation error remains
+    ref_logp, ref_ent, h64, w64 = naive64(hidden.float(), weight.float(), labels, 1.0)
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), ref_ent.detach(), rtol=1e-5, atol=1e-5)
+    (ref_logp.sum() + ref_ent.sum()).backward()
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=2e-2)  # bf16 output
+
+
+def test_logits_entry_point_matches_reference_and_bf16():
+    torch.manual_seed(0)
+    logits = torch.randn(23, 57, requires_grad=True)
+    labels = torch.randint(0, 57, (23,))
+    logp, entropy = logprobs_and_entropy(logits, labels, chunk_size=5)
+    ref = torch.log_softmax(logits.double(), -1)
+    torch.testing.assert_close(logp.double(), ref.gather(1, labels[:, None]).squeeze(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(entropy.double(), -(ref.exp() * ref).sum(-1), rtol=1e-6, atol=1e-6)
+    logp16, ent16 = logprobs_and_entropy(logits.detach().bfloat16(), labels, chunk_size=5)
+    assert logp16.dtype == torch.float32
+    torch.testing.assert_close(ent16, entropy.detach(), rtol=0, atol=0.05)
+
+
+def test_completion_mask_keeps_first_eos():
+    ids = torch.tensor([[5, 6, 2, 0, 0],    # EOS at 2, then padding
+                        [5, 2, 2, 2, 2],    # pad == EOS: only the first counts
+                        [5, 6, 7, 8, 9],    # truncated: no EOS, all kept
+                        [2, 5, 6, 7, 8]])   # EOS first
+    assert completion_mask(ids, 2).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1] * 5, [1, 0, 0, 0, 0]]
+    # several EOS ids (chat models end on <|im_end|> or <|endoftext|>)
+    assert completion_mask(torch.tensor([[5, 9, 2, 7]]), [2, 9]).tolist() == [[1, 1, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+="])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                  unk_token="<unk>")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=32, pad_token_id=0, eos_token_id=1))
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    return model, tok
+
+
+def test_rollouts_shapes_groups_and_mask(tiny_policy):
+    model, tok = tiny_policy
+    torch.manual_seed(1)
+    r = generate_rollouts(model, tok, ["1+2=", "3+4+5="], group_size=3, max_new_tokens=6)
+    assert r.prompt_ids.shape[0] == 6 and r.completion_ids.shape[0] == 6
+    assert torch.equal(r.prompt_ids[0], r.prompt_ids[2]) and not torch.equal(r.prompt_ids[2], r.prompt_ids[3])
+    assert r.prompt_mask[0].tolist()[:2] == [0, 0]  # "1+2=" is left-padded to "3+4+5="'s width
+    assert torch.equal(r.loss_mask, completion_mask(r.completion_ids, 1))
+    assert len(r.completions) == 6 and all("<" not in c for c in r.completions)
+
+
+def test_training_logprobs_equal_sampling_distribution(tiny_policy):
+    """What the loss sees must be the distribution generate sampled from (left padding included)."""
+    model, tok = tiny_policy
+    enc = tok(["1+2=", "3+4+5+6="], return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(2)
+    out = model.generate(**enc, do_sample=True, top_k=0, max_new_tokens=5, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=0, eos_token_id=1)
+    completion = out.sequences[:, enc.input_ids.shape[1]:]
+    mask = completion_mask(completion, 1)
+    sampled = torch.stack([torch.log_softmax(step.float(), -1).gather(1, completion[:, t : t + 1]).squeeze(1)
+                           for t, step in enumerate(out.logits)], dim=1)
+    logp, entropy = sequence_logprobs_and_entropy(
+        model, out.sequences, torch.cat([enc.attention_mask, mask], 1), completion.shape[1], chunk_size=3)
+    torch.testing.assert_close(logp * mask, sampled * mask, rtol=1e-4, atol=1e-5)
+    step_entropy = torch.stack([torch.distributions.Categorical(logits=s.float()).entropy()
+                                for s in out.logits], dim=1)
+    torch.testing.assert_close(entropy * mask, step_entropy * mask, rtol=1e-4, atol=1e-5)
+
+
+def test_micro_batched_equals_one_batch(tiny_policy):
+    model, tok = tiny_policy
+    torch.manual_seed(3)
+    r = generate_rollouts(model, tok, ["1+2=", "3+4+5=", "9="], group_size=2, max_new_tokens=4)
+    a = policy_logprobs_and_entropy(model, r, micro_batch_size=6)
+    b = policy_logprobs_and_entropy(model, r, micro_batch_size=4)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,173 @@
+"""End-to-end: train.py as a user runs it, as a subprocess, on a tiny budget."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--prompts_per_step", "8", "--group_size", "4", "--eval_prompts", "8", "--eval_n", "4",
+        "--eval_k", "1,4", "--warm_start_max_steps", "25"]
+REQUIRED_KEYS = {"step", "reward/mean", "entropy", "entropy/target", "entropy/knob", "loss/policy",
+                 "loss/clipfrac", "loss/approx_kl", "grad_norm", "response_length/mean",
+                 "groups/zero_std_frac", "curriculum/phase", "time/step_s", "time/rollout_s",
+                 "time/update_s"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def run(args, launcher=(sys.executable,), check=True, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, os.path.join(ROOT, "train.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    """The embedded default, end to end: warm start + 2 RL steps; its base model serves the rest."""
+    out = tmp_path_factory.mktemp("default")
+    run(["--out_dir", str(out), "--steps", "2", *TINY])
+    return out
+
+
+def test_default_run_writes_metrics_checkpoint_and_config(base_model):
+    rows = metrics(base_model)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert REQUIRED_KEYS <= set(rows[0])
+    assert rows[0]["entropy"] > 0 and rows[0]["entropy/target"] == pytest.approx(rows[0]["entropy"])
+    assert "eval/pass@1" in rows[0] and "eval/pass@4" in rows[-1]
+    assert json.load(open(base_model / "config.json"))["loss_agg"] == "token-mean"
+    with open(base_model / "base_model" / "warm_start.json") as f:
+        assert json.load(f)["steps"] <= 25
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt = base_model / "checkpoints" / "step_000002"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)  # a plain HF directory
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert AutoTokenizer.from_pretrained(ckpt)("1+2=").input_ids
+    assert (base_model / "checkpoints" / "latest").read_text() == "step_000002"
+
+
+@pytest.mark.parametrize("schedule, controller, loss", [("none", "pid", "grpo"),
+                                                        ("constant", "skywork", "dr_grpo"),
+                                                        ("cosine", "balance", "dapo")])
+def test_variants_run(base_model, tmp_path, schedule, controller, loss):
+    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
+         "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum", "two-phase",
+         "--kl_coef", "0.01" if loss == "grpo" else "0", "--save_every", "0", *TINY])
+    rows = metrics(tmp_path)
+    assert len(rows) == 2 and REQUIRED_KEYS <= set(rows[-1])
+    assert (rows[0]["entropy/target"] is None) == (schedule == "none")
+
+
+def test_torchrun_two_processes(base_model, tmp_path):
+    """FSDP2 over 2 CPU ranks (gloo): generation of different lengths per rank must not deadlock."""
+    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
+         "--max_new_tokens", "6", "--save_every", "2", *TINY], launcher=TORCHRUN)
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all(r["tokens"] > 0 for r in rows)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "step_000003")
+    assert model.config.architectures == ["Qwen2ForCausalLM"]
+
+
+def test_resume_after_sigkill_gives_continuous_metrics(base_model, tmp_path):
+    args = ["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "8",
+            "--save_every", "2", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    path = tmp_path / "metrics.jsonl"
+    while time.time() < deadline:  # kill mid-run, after a checkpoint and some steps past it
+        if path.exists() and len(path.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(metrics(tmp_path))
+    assert 5 <= killed_at < 8, "the run finished before it could be killed"
+    run([*args, "--resume"])
+    assert [r["step"] for r in metrics(tmp_path)] == list(range(8))  # none missing, none twice
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000008"
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
+    state = torch.load(tmp_path / "checkpoints" / "step_000008" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 8 and state["schedule"]["total_steps"] == 8
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--group_size", "1"], "--group_size must be >= 2"),
+    (["--schedule", "exponential"], "--schedule must be one of"),
+    (["--entropy_start", "-0.5"], "--entropy_start must be > 0"),
+    (["--loss", "ppo"], "--loss must be one of"),
+    (["--eval_k", "1,64"], "--eval_k 1,64: each k must be in"),
+    (["--prompts_per_step", "6", "--updates_per_step", "4"], "--updates_per_step 4 must divide"),
+])
+def test_bad_config_fails_at_start_with_one_line(tmp_path, flags, message):
+    proc = run(["--out_dir", str(tmp_path), *flags], check=False, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batch_must_split_across_ranks():
+    cfg = train.Config(prompts_per_step=8).resolved()
+    with pytest.raises(train.ConfigError, match="must be a multiple of the number of ranks \\(3\\)"):
+        train.validate(cfg, world_size=3)
+
+
+def test_missing_dataset_field_names_file_and_line(tmp_path):
+    data = tmp_path / "problems.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"question": "2+2=", "answer": "4"}\n')
+    proc = run(["--out_dir", str(tmp_path), "--dataset", str(data)], check=False, timeout=60)
+    assert proc.returncode == 2
+    assert f"{data}: line 2: missing field 'prompt'" in proc.stderr
+
+
+def test_config_file_and_flags(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"steps": 7, "lr": 0.001}))
+    cfg = train.parse_config(["--config", str(path), "--lr", "0.002", "--resume", "--entropy_end", "none"])
+    assert (cfg.steps, cfg.lr, cfg.resume, cfg.entropy_end) == (7, 0.002, True, None)
+    path.write_text(json.dumps({"stepz": 7}))
+    with pytest.raises(train.ConfigError, match="unknown fields \\['stepz'\\]"):
+        train.parse_config(["--config", str(path)])
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path, loss_agg):
+    """One SGD update on a fixed batch: 1 process vs 2 FSDP ranks, micro-batches of 8 vs 1 vs 3."""
+    script = os.path.join(ROOT, "tests", "dist_objective.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, launcher, micro in [("one", [sys.executable], "8"), ("micro", [sys.executable], "1"),
+                                  ("two", TORCHRUN, "3")]:
+        subprocess.run([*launcher, script, str(tmp_path / f"{name}.pt"), loss_agg, micro], check=True,
+                       env=env, capture_output=True, timeout=180)
+    one, micro, two = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "micro", "two"))
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)  # the same initial weights, to check that the update is not tiny
+    initial = Qwen2ForCausalLM(Qwen2Config(vocab_size=20, hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=2, max_position_embeddings=32,
+                                           pad_token_id=0, eos_token_id=1)).state_dict()
+    update = max((one["params"][k] - initial[k]).abs().max().item() for k in initial)
+    assert update > 1e-3  # a factor-of-2 scale error would move parameters by ~1e-3 or more
+    for other in (micro, two):
+        diff = max((one["params"][k] - other["params"][k]).abs().max().item() for k in initial)
+        assert diff < 1e-5
+        assert other["loss"] == pytest.approx(one["loss"], rel=1e-5)

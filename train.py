@@ -1,0 +1,907 @@
+"""RL for LLMs with Entropy Scheduling: the one file that wires the concepts together.
+
+    python train.py                                   # the embedded default, on a CPU, in minutes
+    python train.py --schedule none --loss grpo       # plain GRPO: entropy free to collapse
+    python train.py --loss dapo --schedule constant   # DAPO-style stable entropy
+    torchrun --standalone --nproc_per_node=8 train.py --model Qwen/Qwen2.5-Math-1.5B \\
+        --dataset dapo-math --max_new_tokens 2048 --micro_batch_size 8   # a multi-GPU box, FSDP2
+
+One RL step, top to bottom (the numbers match README "How entropy scheduling works"):
+  1. prompts      curriculum.TwoPhaseCurriculum.sample      (phase from the entropy schedule)
+  2. rollouts     rollout.generate_rollouts                 (HF generate, G completions per prompt)
+  3. rewards      reward.math_reward (+ reward.overlong_penalty)
+  4. advantages   loss.group_advantages                     (+ DAPO dynamic sampling)
+  5. old log-probs and entropy   rollout.policy_logprobs_and_entropy   (fused, chunked)
+  6. control      entropy_schedule: target H*(s), controller.update(H_s, H*) -> knob
+  7. update       loss.policy_loss, AdamW, grad clip        (token count summed over all ranks)
+  8. log          metrics.jsonl, tqdm, checkpoints
+
+The embedded default (`--model embedded`) is a 0.9M-parameter Qwen2 and a character tokenizer built
+in code, first warm-started by a short supervised run on the built-in digit-sum task until its
+sampled pass@1 reaches `warm_start_pass1`; it is saved with `save_pretrained` and from then on loaded
+exactly as any hub model. Nothing touches the network.
+
+Kept from the anchors (verl, TRL, DAPO): PPO-clip with separate low/high bounds, dual-clip, three
+loss aggregations, dynamic sampling, overlong shaping, k1/k2/k3 KL. Left out: a critic (GRPO needs
+none), a separate reference model by default (kl_coef = 0 as DAPO), vLLM rollouts, sequence packing,
+tensor/sequence parallelism: one box, FSDP data parallel only.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers.utils import logging as hf_logging
+
+from curriculum import TwoPhaseCurriculum
+from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError, make_controller,
+                              schedule_for_goal)
+from eval_passk import evaluate_passk
+from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
+from reward import DataError, load_problems, math_reward, overlong_penalty
+from rollout import (Rollouts, generate_rollouts, policy_logprobs_and_entropy,
+                     sequence_logprobs_and_entropy)
+
+
+# ============================================================================ configuration
+@dataclass
+class Config:
+    # --- run
+    out_dir: str = "runs/default"
+    """where metrics.jsonl, config.json, checkpoints/ and the plot go"""
+    seed: int = 0
+    """seeds data order, sampling and the embedded model"""
+    steps: int = 120
+    """RL steps (one rollout batch each)"""
+    resume: bool = False
+    """continue from out_dir/checkpoints/latest if there is one"""
+    save_every: int = 40
+    """checkpoint every N steps (and always at the end); 0: only at the end"""
+    eval_every: int = 0
+    """pass@k on the held-out set every N steps; 0: at the start and the end only"""
+    eval_prompts: int = 128
+    """held-out prompts per evaluation"""
+    eval_n: int = 16
+    """samples per held-out prompt"""
+    eval_k: str = "1,4,16"
+    """k values of pass@k, comma-separated, each <= eval_n"""
+    config: str | None = None
+    """a JSON or YAML file of these fields (command-line flags override it)"""
+
+    # --- model and data
+    model: str = "embedded"
+    """'embedded' (built-in tiny Qwen2, warm-started) or an HF hub name or local directory"""
+    dataset: str = "arithmetic"
+    """arithmetic | gsm8k | math | dapo-math | a .jsonl/.json/.parquet file"""
+    eval_dataset: str | None = None
+    """held-out set; None: the test split of --dataset (arithmetic: a held-out seed)"""
+    prompt_field: str = "prompt"
+    """field of the prompt in a local data file"""
+    answer_field: str = "answer"
+    """field of the reference answer in a local data file"""
+    level_field: str = "level"
+    """field of an integer difficulty level (optional; used by the curriculum)"""
+    max_problems: int = 0
+    """use at most this many training problems (0: all; arithmetic: 2000)"""
+    chat_template: str = "auto"
+    """auto: apply the tokenizer's chat template when it has one; none: raw prompts"""
+    system_prompt: str | None = None
+    """instruction before each problem; None: ask for \\boxed{} on real data, nothing on arithmetic"""
+
+    # --- rollouts
+    prompts_per_step: int = 32
+    """prompts per RL step over all ranks (must divide by the number of ranks)"""
+    group_size: int = 8
+    """completions sampled per prompt (G of GRPO; >= 2)"""
+    max_new_tokens: int = 4
+    """completion length budget in tokens"""
+    temperature: float = 1.0
+    """sampling temperature (log-probs and entropy are taken at the same temperature)"""
+    top_p: float = 1.0
+    """nucleus sampling threshold"""
+
+    # --- loss (preset by --loss; any field set explicitly wins)
+    loss: str = "dapo"
+    """grpo | dapo | dr_grpo: presets for the four fields below"""
+    loss_agg: str | None = None
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (preset: dapo token-mean, grpo seq-mean-token-mean, dr_grpo seq-mean-token-sum-norm)"""
+    clip_high: float | None = None
+    """upper clip eps_high, the PID controller's starting point (preset: dapo 0.28, else 0.2)"""
+    dynamic_sampling: bool | None = None
+    """DAPO: resample groups whose rewards are all equal (preset: on for dapo)"""
+    adv_scale: str | None = None
+    """std: GRPO advantages (R - mean) / std; none: Dr. GRPO R - mean (preset)"""
+    clip_low: float = 0.2
+    """lower clip eps_low"""
+    dual_clip: float | None = None
+    """dual-clip constant c for negative advantages (verl 3, DAPO scripts 10); None: off"""
+    max_sampling_rounds: int = 3
+    """dynamic sampling: generation rounds per step before keeping zero-signal groups"""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping: penalise the last N tokens of the budget; 0: off"""
+    kl_coef: float = 0.0
+    """KL penalty to the initial policy (k3); 0: no reference model (DAPO, Dr. GRPO)"""
+
+    # --- optimisation
+    lr: float = 1e-4
+    """AdamW learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """max global gradient norm"""
+    updates_per_step: int = 2
+    """optimizer steps per rollout batch (mini-batches); > 1 makes the ratio, so the clip, matter"""
+    micro_batch_size: int = 64
+    """sequences per forward/backward pass (gradient accumulation within a mini-batch)"""
+    logprob_chunk_size: int = 1024
+    """tokens per chunk of the fused log-prob/entropy head"""
+
+    # --- entropy scheduling
+    schedule: str = "stable-anneal"
+    """none | constant | linear | cosine | stable-anneal | cyclic"""
+    entropy_start: float | None = None
+    """target entropy (nats) of the stable phase; None: the entropy measured at step 0"""
+    entropy_end: float | None = None
+    """target at the end of the anneal; None: 0.3 x entropy_start"""
+    stable_frac: float = 0.5
+    """stable-anneal: fraction of the run held at entropy_start"""
+    anneal_shape: str = "cosine"
+    """linear | cosine"""
+    cycle_period: int = 50
+    """cyclic: period in steps"""
+    warmup_steps: int = 0
+    """ramp the target from the measured entropy to entropy_start over N steps"""
+    passk_goal: int = 0
+    """> 0: choose start, end and stable_frac for this pass@k (entropy_schedule.schedule_for_goal)"""
+    controller: str = "pid"
+    """pid (clip-high, the paper's) | pid-entropy (signed entropy coef) | skywork (entropy bonus) | balance (pos/neg advantage weights)"""
+    kp: float | None = None
+    """proportional gain (pid, balance); None: the controller's default"""
+    ki: float | None = None
+    """integral gain (pid, balance); None: the controller's default"""
+    kd: float | None = None
+    """derivative gain (pid); None: the controller's default"""
+    skywork_delta: float | None = None
+    """skywork: coefficient step per update; None: the controller's default"""
+
+    # --- curriculum
+    curriculum: str = "off"
+    """off | two-phase (pools follow the schedule's stable / anneal phase)"""
+    curriculum_order: str = "hard-first"
+    """hard-first | easy-first"""
+
+    # --- embedded default
+    warm_start_pass1: float = 0.3
+    """supervised warm start stops once sampled pass@1 reaches this"""
+    warm_start_max_steps: int = 600
+    """cap on warm-start steps"""
+
+    def resolved(self) -> "Config":
+        """A copy with the --loss presets filled in."""
+        presets = {"grpo": ("seq-mean-token-mean", 0.2, False, "std"),
+                   "dapo": ("token-mean", 0.28, True, "std"),
+                   "dr_grpo": ("seq-mean-token-sum-norm", 0.2, False, "none")}
+        if self.loss not in presets:
+            raise ConfigError(f"--loss must be one of {', '.join(presets)}, got {self.loss!r}")
+        agg, clip_high, dynamic, scale = presets[self.loss]
+        return dataclasses.replace(
+            self, loss_agg=self.loss_agg or agg,
+            clip_high=self.clip_high if self.clip_high is not None else clip_high,
+            dynamic_sampling=self.dynamic_sampling if self.dynamic_sampling is not None else dynamic,
+            adv_scale=self.adv_scale or scale)
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the flag and what is allowed."""
+
+
+def validate(cfg: Config, world_size: int) -> None:
+    """Fail at start-up, with one line naming the field, for every setting we can check early."""
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    need(cfg.controller in CONTROLLERS,
+         f"--controller must be one of {', '.join(CONTROLLERS)}, got {cfg.controller!r}")
+    need(cfg.curriculum in ("off", "two-phase"), f"--curriculum must be off or two-phase, got {cfg.curriculum!r}")
+    need(cfg.curriculum_order in ("hard-first", "easy-first"),
+         f"--curriculum_order must be hard-first or easy-first, got {cfg.curriculum_order!r}")
+    need(cfg.loss_agg in LOSS_AGG_MODES, f"--loss_agg must be one of {', '.join(LOSS_AGG_MODES)}")
+    need(cfg.adv_scale in ("std", "none"), f"--adv_scale must be std or none, got {cfg.adv_scale!r}")
+    need(cfg.anneal_shape in ("linear", "cosine"), f"--anneal_shape must be linear or cosine")
+    need(cfg.chat_template in ("auto", "none"), f"--chat_template must be auto or none")
+    need(cfg.group_size >= 2, f"--group_size must be >= 2 (group-relative advantages need a group), got {cfg.group_size}")
+    need(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
+    need(cfg.prompts_per_step >= world_size and cfg.prompts_per_step % world_size == 0,
+         f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of the number of ranks ({world_size})")
+    local = cfg.prompts_per_step // world_size
+    need(cfg.updates_per_step >= 1 and local % cfg.updates_per_step == 0,
+         f"--updates_per_step {cfg.updates_per_step} must divide the prompts per rank ({local})")
+    need(cfg.micro_batch_size >= 1, f"--micro_batch_size must be >= 1, got {cfg.micro_batch_size}")
+    need(cfg.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    need(cfg.temperature > 0, f"--temperature must be > 0, got {cfg.temperature}")
+    need(0 < cfg.top_p <= 1, f"--top_p must be in (0, 1], got {cfg.top_p}")
+    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(0 <= cfg.clip_low < 1 and cfg.clip_high >= 0, "--clip_low must be in [0, 1) and --clip_high >= 0")
+    for name in ("entropy_start", "entropy_end"):
+        value = getattr(cfg, name)
+        need(value is None or value > 0, f"--{name} must be > 0 nats, got {value}")
+    need(0 <= cfg.stable_frac <= 1, f"--stable_frac must be in [0, 1], got {cfg.stable_frac}")
+    need(cfg.passk_goal >= 0, f"--passk_goal must be >= 0, got {cfg.passk_goal}")
+    need(cfg.cycle_period >= 2, f"--cycle_period must be >= 2, got {cfg.cycle_period}")
+    try:
+        ks = [int(k) for k in cfg.eval_k.split(",")]
+    except ValueError:
+        raise ConfigError(f"--eval_k must be comma-separated integers, got {cfg.eval_k!r}") from None
+    need(all(1 <= k <= cfg.eval_n for k in ks), f"--eval_k {cfg.eval_k}: each k must be in [1, --eval_n {cfg.eval_n}]")
+    need(cfg.overlong_buffer < cfg.max_new_tokens or cfg.overlong_buffer == 0,
+         f"--overlong_buffer {cfg.overlong_buffer} must be < --max_new_tokens {cfg.max_new_tokens}")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source (for --help)."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {a.target.id: b.value.value for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
+
+
+def parse_config(argv: list[str]) -> Config:
+    """--field value for every Config field; --config FILE (JSON/YAML) underneath the flags."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="RL for LLMs with Entropy Scheduling",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    docs = field_docs(Config)
+    for f in dataclasses.fields(Config):
+        kind = str(f.type)
+        if "bool" in kind:
+            convert = lambda s: {"true": True, "1": True, "false": False, "0": False}[s.lower()]  # noqa: E731
+        elif "int" in kind:
+            convert = int
+        elif "float" in kind:
+            convert = float
+        else:
+            convert = str
+        nullable = "None" in kind
+        parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=docs.get(f.name, ""),
+                            type=(lambda s, c=convert, n=nullable: None if n and s.lower() == "none" else c(s)),
+                            metavar=f.name.upper() if "bool" not in kind else "{true,false}",
+                            nargs="?" if "bool" in kind else None,
+                            **({"const": True} if "bool" in kind else {}))
+    args = vars(parser.parse_args(argv))
+    values = {}
+    if args.get("config"):
+        with open(args["config"]) as fh:
+            if args["config"].endswith((".yaml", ".yml")):
+                import yaml  # optional dependency
+
+                values = yaml.safe_load(fh) or {}
+            else:
+                values = json.load(fh)
+        unknown = set(values) - {f.name for f in dataclasses.fields(Config)}
+        if unknown:
+            raise ConfigError(f"{args['config']}: unknown fields {sorted(unknown)}")
+    values.update(args)
+    return Config(**values)
+
+
+# ============================================================================ distributed
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); torchrun sets RANK, WORLD_SIZE and LOCAL_RANK."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        local_rank = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all ranks (identity on one process)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_gather_list(items: list) -> list:
+    """Concatenate every rank's list, rank 0's first."""
+    if not dist.is_initialized():
+        return list(items)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
+
+
+def shard_model(model) -> None:
+    """FSDP2: `fully_shard` every decoder layer, then the root (embeddings, norm, lm_head).
+
+    The layer classes come from the model's own `_no_split_modules`, so this works for any HF
+    causal LM. bf16 compute with fp32 master weights and gradient reduction on GPUs.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    on_gpu = next(model.parameters()).is_cuda
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if on_gpu \
+        else MixedPrecisionPolicy()
+    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} names no decoder layer class in _no_split_modules; "
+                          "FSDP needs one to shard by layer")
+    for layer in layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+
+
+@contextlib.contextmanager
+def generation_mode(model):
+    """Gather the full parameters once, generate with no collectives, shard again.
+
+    Under FSDP each layer's forward all-gathers its weights. During generation ranks finish
+    their sequences at different lengths, so they would run different numbers of forwards, and a
+    collective that one rank skips deadlocks the others. With every unit unsharded up front and
+    resharding switched off, generation runs locally on each rank.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    was_training = model.training
+    model.eval()
+    if units:
+        model.set_reshard_after_forward(False)
+        for unit in units:
+            unit.unshard()
+    try:
+        yield
+    finally:
+        if units:
+            for unit in units:
+                unit.reshard()
+            model.set_reshard_after_forward(True)
+            model.set_reshard_after_forward(False, recurse=False)  # the root's own default
+        model.train(was_training)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a single GPU without FSDP (FSDP's MixedPrecisionPolicy does it otherwise)."""
+    use = device.type == "cuda" and not dist.is_initialized()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+# ============================================================================ model and data
+def load_policy(name_or_path: str, rank: int = 0, device: torch.device | None = None):
+    """Any HF causal LM and its tokenizer, ready for left-padded batched generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # Llama-style tokenizers have none; the loss mask never uses it
+        tokenizer.pad_token = tokenizer.eos_token
+    attn = "sdpa"
+    if device.type == "cuda":
+        with contextlib.suppress(ImportError):
+            import flash_attn  # noqa: F401
+
+            attn = "flash_attention_2"
+    # fp32 master weights everywhere: bf16 compute comes from autocast / FSDP mixed precision
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
+                                                 attn_implementation=attn).to(device)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def format_prompts(problems: list[dict], tokenizer, chat_template: str = "auto",
+                   system_prompt: str | None = None) -> list[dict]:
+    """Problems with "prompt" replaced by the text the model sees (chat template when it has one)."""
+    use_template = chat_template == "auto" and getattr(tokenizer, "chat_template", None)
+    out = []
+    for p in problems:
+        text = p["prompt"]
+        if use_template:
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            messages.append({"role": "user", "content": text})
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        elif system_prompt:
+            text = f"{system_prompt}\n\n{text}"
+        out.append({**p, "prompt": text})
+    return out
+
+
+def build_embedded_default(path: str, cfg: Config) -> None:
+    """Build the tiny base model, warm-start it on digit sums, save it at `path` in HF format.
+
+    A random init solves nothing and RL cannot bootstrap from zero reward, so a short supervised
+    run on correct answers first teaches the format and part of the skill. It stops once sampled
+    pass@1 on a probe set reaches `warm_start_pass1`: a base model that is right sometimes, with
+    pass@16 well above pass@1, which RL then sharpens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from reward import arithmetic_problems
+
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+-*=() "])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                        unk_token="<unk>", padding_side="left")
+    torch.manual_seed(cfg.seed)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(vocab), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=1))
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train = arithmetic_problems(64 * cfg.warm_start_max_steps, seed=10_000 + cfg.seed)
+    probe = arithmetic_problems(64, seed=20_000 + cfg.seed)
+    pass1, step = 0.0, 0
+    bar = tqdm(total=cfg.warm_start_max_steps, desc="warm start (supervised)", leave=False)
+    for step in range(1, cfg.warm_start_max_steps + 1):
+        batch = train[(step - 1) * 64 : step * 64]
+        prompts = [tokenizer(p["prompt"], add_special_tokens=False).input_ids for p in batch]
+        answers = [tokenizer(p["answer"], add_special_tokens=False).input_ids + [1] for p in batch]
+        length = max(len(p) + len(a) for p, a in zip(prompts, answers))
+        ids = torch.zeros(64, length, dtype=torch.long)
+        labels = torch.full((64, length), -100)
+        mask = torch.zeros(64, length, dtype=torch.long)
+        for i, (p, a) in enumerate(zip(prompts, answers)):  # left-padded, loss on the answer only
+            row = p + a
+            ids[i, length - len(row):] = torch.tensor(row)
+            mask[i, length - len(row):] = 1
+            labels[i, length - len(a):] = torch.tensor(a)
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        loss = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        bar.update(1)
+        if step % 25 == 0:
+            rollouts = generate_rollouts(model, tokenizer, [p["prompt"] for p in probe], 4, 4)
+            pass1 = float(np.mean([math_reward(t, probe[i // 4]["answer"])
+                                   for i, t in enumerate(rollouts.completions)]))
+            model.train()
+            bar.set_postfix(loss=f"{loss.item():.3f}", pass1=f"{pass1:.2f}")
+            if pass1 >= cfg.warm_start_pass1:
+                break
+    bar.close()
+    tmp = path + ".tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "warm_start.json"), "w") as f:
+        json.dump({"steps": step, "probe_pass@1": pass1, "seed": cfg.seed}, f)
+    os.replace(tmp, path)
+
+
+def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """(train problems, held-out problems), validated at the door."""
+    limit = cfg.max_problems or None
+    train = load_problems(cfg.dataset, None, cfg.prompt_field, cfg.answer_field, cfg.level_field, limit)
+    eval_source = cfg.eval_dataset or cfg.dataset
+    held_out = load_problems(eval_source, "test", cfg.prompt_field, cfg.answer_field, cfg.level_field,
+                             cfg.eval_prompts)
+    return train, held_out
+
+
+# ============================================================================ checkpoints
+def checkpoint_dir(cfg: Config) -> str:
+    return os.path.join(cfg.out_dir, "checkpoints")
+
+
+def latest_checkpoint(cfg: Config) -> str | None:
+    pointer = os.path.join(checkpoint_dir(cfg), "latest")
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer) as f:
+        return os.path.join(checkpoint_dir(cfg), f.read().strip())
+
+
+def save_checkpoint(step: int, model, tokenizer, optimizer, trainer_state: dict, cfg: Config,
+                    rank: int) -> None:
+    """Atomic: write step_N.tmp/, rename it to step_N/, then repoint `latest` (os.replace).
+
+    A crash at any moment leaves `latest` pointing to a complete checkpoint. The model is an HF
+    directory (`AutoModelForCausalLM.from_pretrained(path)` loads it); trainer_state.pt holds the
+    optimizer, every rank's RNG states and the schedule / controller / curriculum state.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)  # collective under FSDP
+    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
+    rng = all_gather_list([{"python": random.getstate(), "numpy": np.random.get_state(),
+                            "torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}])
+    if rank == 0:
+        name = f"step_{step:06d}"
+        final = os.path.join(checkpoint_dir(cfg), name)
+        tmp = final + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=model_state)
+        tokenizer.save_pretrained(tmp)
+        config_path = os.path.join(tmp, "config.json")  # FSDP renames the class: undo it
+        with open(config_path) as f:
+            hf_config = json.load(f)
+        hf_config["architectures"] = [a.removeprefix("FSDP") for a in hf_config.get("architectures") or []]
+        with open(config_path, "w") as f:
+            json.dump(hf_config, f, indent=2)
+        torch.save({"step": step, "optimizer": optim_state, "rng": rng, **trainer_state},
+                   os.path.join(tmp, "trainer_state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = os.path.join(checkpoint_dir(cfg), "latest")
+        with open(pointer + ".tmp", "w") as f:
+            f.write(name)
+        os.replace(pointer + ".tmp", pointer)
+        for old in sorted(d for d in os.listdir(checkpoint_dir(cfg)) if d.startswith("step_"))[:-2]:
+            shutil.rmtree(os.path.join(checkpoint_dir(cfg), old), ignore_errors=True)  # keep two
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ============================================================================ one RL step
+def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: random.Random,
+                     pool: list[int]) -> tuple[Rollouts, torch.Tensor, list[int], dict]:
+    """Steps 2-4: generate, score, and (DAPO) keep only groups whose rewards differ.
+
+    Dynamic sampling replaces zero-signal groups with fresh prompts from `pool` for up to
+    `max_sampling_rounds` rounds; if that is not enough, zero-signal groups fill the batch (they
+    add no gradient) so that every rank keeps the same number of sequences.
+    """
+    G, wanted = cfg.group_size, len(indices)
+    kept: list[tuple[Rollouts, torch.Tensor, int]] = []  # (group rollouts, rewards (G,), prompt)
+    spare: list[tuple[Rollouts, torch.Tensor, int]] = []
+    stats = {"groups/zero_std_frac": None, "sampling/rounds": 0}
+    for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+        stats["sampling/rounds"] = round_ + 1
+        rollouts = generate_rollouts(model, tokenizer, [problems[i]["prompt"] for i in indices], G,
+                                     cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        lengths = rollouts.loss_mask.sum(dim=1).tolist()
+        rewards = torch.tensor([math_reward(text, problems[indices[j // G]]["answer"])
+                                + overlong_penalty(lengths[j], cfg.max_new_tokens, cfg.overlong_buffer)
+                                for j, text in enumerate(rollouts.completions)])  # (B,)
+        signal = groups_with_signal(rewards, G).tolist()
+        if stats["groups/zero_std_frac"] is None:  # the first round measures the policy, unfiltered
+            stats["groups/zero_std_frac"] = 1.0 - float(np.mean(signal))
+            stats["reward_sum"], stats["accuracy_sum"] = float(rewards.sum()), float((rewards > 0.5).sum())
+        for g, has_signal in enumerate(signal):
+            piece = (rollouts.select(range(g * G, (g + 1) * G)), rewards[g * G : (g + 1) * G], indices[g])
+            (kept if has_signal or not cfg.dynamic_sampling else spare).append(piece)
+        if len(kept) >= wanted:
+            break
+        indices = rng.sample(pool, wanted - len(kept))
+    pieces = (kept + spare)[:wanted]
+    stats["groups/unfilled"] = max(0, wanted - len(kept))
+    return (concat_rollouts([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]),
+            [p[2] for p in pieces], stats)
+
+
+def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
+    """Stack rollout batches; prompts are re-left-padded and completions right-padded to one width."""
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.completion_ids.shape[1] for p in parts)
+
+    def pad(t, width, left):
+        extra = width - t.shape[1]
+        return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra))
+
+    return Rollouts(torch.cat([pad(p.prompt_ids, P, True) for p in parts]),
+                    torch.cat([pad(p.completion_ids, T, False) for p in parts]),
+                    torch.cat([pad(p.prompt_mask, P, True) for p in parts]),
+                    torch.cat([pad(p.loss_mask, T, False) for p in parts]),
+                    [c for p in parts for c in p.completions])
+
+
+def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages, cfg: Config,
+                  knobs: dict, device: torch.device, world_size: int,
+                  ref_logprobs: torch.Tensor | None = None) -> dict:
+    """Step 7: `updates_per_step` optimizer steps over mini-batches of this rank's groups.
+
+    Each mini-batch's loss is normalised by its GLOBAL token (or sequence) count, summed over
+    ranks, so the objective is the same whatever the number of ranks and micro-batches. FSDP
+    averages gradients over ranks; our loss is already a global mean, hence `* world_size`.
+    """
+    B = rollouts.completion_ids.shape[0]
+    per_update = B // cfg.updates_per_step
+    starts = range(0, B, per_update)
+    counts = all_reduce_sum([float(rollouts.loss_mask[s : s + per_update].sum()) for s in starts], device)
+    num_seqs = per_update * world_size
+    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
+    T = rollouts.completion_ids.shape[1]
+    totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
+    stat_sums: dict[str, float] = {}
+    for u, start in enumerate(starts):
+        optimizer.zero_grad(set_to_none=True)
+        for mb in range(start, start + per_update, cfg.micro_batch_size):
+            rows = slice(mb, min(mb + cfg.micro_batch_size, start + per_update))
+            with autocast(device):
+                logprobs, entropy = sequence_logprobs_and_entropy(
+                    model, input_ids[rows], attention_mask[rows], T, cfg.logprob_chunk_size,
+                    cfg.temperature)
+            loss, stats = policy_loss(
+                logprobs, old_logprobs[rows], advantages[rows], rollouts.loss_mask[rows],
+                clip_low=cfg.clip_low, clip_high=knobs["clip_high"], dual_clip=cfg.dual_clip,
+                loss_agg=cfg.loss_agg, num_tokens=counts[u], num_seqs=num_seqs,
+                max_len=cfg.max_new_tokens, entropy=entropy, entropy_coef=knobs["entropy_coef"],
+                pos_weight=1 - knobs["adv_balance"], neg_weight=1 + knobs["adv_balance"],
+                ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows], kl_coef=cfg.kl_coef)
+            (loss * world_size).backward()
+            totals["loss/policy"] += loss.item()
+            weight = float(rollouts.loss_mask[rows].sum()) / max(counts[u], 1.0)
+            for key, value in stats.items():
+                stat_sums[key] = stat_sums.get(key, 0.0) + value * weight
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        if not torch.isfinite(grad_norm):  # every rank sees the same global norm: all skip together
+            warnings.warn(f"non-finite gradient norm ({grad_norm.item()}); update skipped")
+            optimizer.zero_grad(set_to_none=True)
+            totals["nonfinite_skipped"] += 1
+            continue
+        optimizer.step()
+        totals["grad_norm"] += grad_norm.item() / cfg.updates_per_step
+    # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
+    keys = sorted(stat_sums)
+    summed = all_reduce_sum([totals["loss/policy"]] + [stat_sums[k] for k in keys], device)
+    out = {"loss/policy": summed[0] / cfg.updates_per_step, "grad_norm": totals["grad_norm"],
+           "nonfinite_skipped": totals["nonfinite_skipped"]}
+    for key, value in zip(keys, summed[1:]):
+        out[f"loss/{key}"] = value / cfg.updates_per_step
+    return out
+
+
+# ============================================================================ the loop
+def main(argv: list[str] | None = None) -> None:
+    rank, world_size, device = setup_distributed()
+    hf_logging.disable_progress_bar()  # our own bars only
+    try:
+        cfg = parse_config(sys.argv[1:] if argv is None else argv).resolved()
+        validate(cfg, world_size)
+        train_problems, held_out = load_data(cfg)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed + rank)  # ranks sample different completions
+    os.makedirs(checkpoint_dir(cfg), exist_ok=True)
+
+    # ---- the policy: a checkpoint to resume, the embedded default, or any HF model
+    resume_from = latest_checkpoint(cfg) if cfg.resume else None
+    model_path = resume_from or cfg.model
+    if cfg.model == "embedded" and not resume_from:
+        model_path = os.path.join(cfg.out_dir, "base_model")
+        if rank == 0 and not os.path.exists(model_path):
+            build_embedded_default(model_path, cfg)
+        if dist.is_initialized():
+            dist.barrier()
+    model, tokenizer = load_policy(model_path, rank, device)
+    if cfg.system_prompt is None and cfg.dataset != "arithmetic":
+        cfg.system_prompt = "Please reason step by step, and put your final answer within \\boxed{}."
+    train_problems = format_prompts(train_problems, tokenizer, cfg.chat_template, cfg.system_prompt)
+    held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
+    ref_model = None
+    if cfg.kl_coef > 0:  # a frozen copy of the starting policy
+        ref_model, _ = load_policy(cfg.model if cfg.model != "embedded" else model_path, rank, device)
+        ref_model.requires_grad_(False)
+    if world_size > 1:
+        shard_model(model)
+        if ref_model is not None:
+            shard_model(ref_model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    # ---- schedule, controller, curriculum (targets may need the entropy of step 0)
+    curriculum = TwoPhaseCurriculum([p.get("level") for p in train_problems],
+                                    order="off" if cfg.curriculum == "off" else cfg.curriculum_order,
+                                    seed=cfg.seed)
+    gains = {"pid": {"kp": cfg.kp, "ki": cfg.ki, "kd": cfg.kd},
+             "pid-entropy": {"kp": cfg.kp, "ki": cfg.ki, "kd": cfg.kd},
+             "balance": {"kp": cfg.kp, "ki": cfg.ki},
+             "skywork": {"delta": cfg.skywork_delta}}[cfg.controller]
+    controller = make_controller(cfg.controller, **{k: v for k, v in gains.items() if v is not None},
+                                 **({"init": cfg.clip_high} if cfg.controller == "pid" else {}))
+    schedule: EntropySchedule | None = None
+    tracker = TrackingError()
+    start_step, skipped_total = 0, 0
+    if resume_from:
+        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        schedule = EntropySchedule(**state["schedule"]) if state["schedule"] else None
+        controller.load_state_dict(state["controller"])
+        curriculum.load_state_dict(state["curriculum"])
+        tracker.load_state_dict(state["tracker"])
+        start_step, skipped_total = state["step"], state["nonfinite_skipped"]
+        if len(state["rng"]) == world_size:
+            restore_rng(state["rng"][rank])
+    if rank == 0:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+        print(f"config: {json.dumps(dataclasses.asdict(cfg))}")
+        print(f"policy: {model_path} ({sum(p.numel() for p in model.parameters()) * world_size / 1e6:.2f}M "
+              f"parameters), {len(train_problems)} training / {len(held_out)} held-out problems, "
+              f"{world_size} rank(s) on {device.type}" + (f", resuming at step {start_step}" if resume_from else ""))
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if rank == 0:  # drop lines of steps after the checkpoint: they are redone now
+        keep = []
+        if resume_from and os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                keep = [line for line in f if line.strip() and json.loads(line)["step"] < start_step]
+        with open(metrics_path, "w") as f:
+            f.writelines(keep)
+    ks = [int(k) for k in cfg.eval_k.split(",")]
+
+    def evaluate(step: int) -> dict:
+        """pass@k and entropy on the held-out set, prompts split across ranks."""
+        with generation_mode(model):
+            result = evaluate_passk(model, tokenizer, held_out[rank::world_size], math_reward,
+                                    cfg.eval_n, ks, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                    chunk_size=cfg.logprob_chunk_size)
+        correct = all_gather_list(result["correct"])
+        entropy = all_reduce_sum([result["entropy"] * result["tokens"], result["tokens"]], device)
+        from eval_passk import summarize
+
+        out = {f"eval/{k}": v for k, v in summarize(correct, cfg.eval_n, ks).items()}
+        out["eval/entropy"] = entropy[0] / max(entropy[1], 1)
+        if rank == 0:
+            print(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
+        return out
+
+    G, local_prompts = cfg.group_size, cfg.prompts_per_step // world_size
+    sampling_rng = random.Random(cfg.seed * 7919 + rank)  # dynamic-sampling refills, per rank
+    pool = list(range(len(train_problems)))
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL",
+               disable=rank != 0, dynamic_ncols=True)
+    eval_metrics = evaluate(start_step) if start_step == 0 else {}
+    for step in bar:
+        t_step = time.time()
+        # 1. prompts: the same global draw on every rank, each takes its slice
+        phase = schedule.phase(step) if schedule else "stable"
+        indices = curriculum.sample(cfg.prompts_per_step, phase)[rank::world_size]
+        # 2-3. rollouts and rewards (with DAPO dynamic sampling)
+        t0 = time.time()
+        with generation_mode(model):
+            rollouts, rewards, indices, sample_stats = collect_rollouts(
+                model, tokenizer, train_problems, indices, cfg, sampling_rng, pool)
+        rollout_s = time.time() - t0
+        # 4. advantages, per group
+        advantages = group_advantages(rewards, G, cfg.adv_scale)  # (B,)
+        # 5. old log-probs and the entropy the controller sees (fused, chunked, no grad)
+        t0 = time.time()
+        with autocast(device):
+            old_logprobs, entropy = policy_logprobs_and_entropy(
+                model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)
+            ref_logprobs = None if ref_model is None else policy_logprobs_and_entropy(
+                ref_model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)[0]
+        mask = rollouts.loss_mask
+        sums = all_reduce_sum([float((entropy * mask).sum()), float(mask.sum()),
+                               sample_stats.pop("reward_sum"), float(rewards.numel()),
+                               sample_stats.pop("accuracy_sum"), float(rewards.sum())], device)
+        measured_entropy, tokens = sums[0] / sums[1], sums[1]
+        # 6. entropy control: the schedule gives H*(step), the controller the knob for this update
+        if schedule is None:
+            start = cfg.entropy_start or measured_entropy
+            if cfg.passk_goal > 0:
+                schedule = schedule_for_goal(cfg.passk_goal, cfg.steps, start)
+                schedule.name = cfg.schedule if cfg.schedule == "none" else schedule.name
+            else:
+                schedule = EntropySchedule(cfg.schedule, start=start,
+                                           end=cfg.entropy_end or 0.3 * start,
+                                           total_steps=cfg.steps, stable_frac=cfg.stable_frac,
+                                           anneal_shape=cfg.anneal_shape, period=cfg.cycle_period,
+                                           warmup_steps=cfg.warmup_steps, warmup_from=measured_entropy)
+            phase = schedule.phase(step)
+        target = schedule.target(step)
+        knob = controller.update(measured_entropy, target)
+        knobs = {"clip_high": cfg.clip_high, "entropy_coef": 0.0, "adv_balance": 0.0,
+                 controller.name: knob}
+        track_err = tracker.add(measured_entropy, target, phase)
+        # 7. policy update
+        t0 = time.time()
+        model.train()
+        update_stats = policy_update(model, optimizer, rollouts, old_logprobs, advantages, cfg, knobs,
+                                     device, world_size, ref_logprobs)
+        update_s = time.time() - t0
+        skipped_total += update_stats.pop("nonfinite_skipped")
+        # curriculum: every rank folds in every rank's pass rates, so its state stays identical
+        pass_rates = (rewards > 0.5).float().view(-1, G).mean(dim=1).tolist()
+        curriculum.update(all_gather_list(indices), all_gather_list(pass_rates))
+        # 8. log, evaluate, save
+        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
+            eval_metrics = evaluate(step + 1)
+        lengths = all_reduce_sum([float(mask.sum()), float(mask.shape[0])], device)
+        record = {"step": step, "reward/mean": sums[2] / sums[3], "reward/accuracy": sums[4] / sums[3],
+                  "reward/batch_mean": sums[5] / sums[3],
+                  "entropy": measured_entropy, "entropy/target": target, "entropy/knob": knob,
+                  "entropy/knob_name": controller.name, "entropy/track_err": track_err,
+                  **update_stats, "loss/clipfrac": update_stats.get("loss/clipfrac"),
+                  "loss/approx_kl": update_stats.get("loss/approx_kl"),
+                  "response_length/mean": lengths[0] / lengths[1], "tokens": tokens,
+                  **sample_stats, "curriculum/phase": phase, **curriculum.stats(),
+                  "nonfinite_skipped": skipped_total, "time/rollout_s": rollout_s,
+                  "time/update_s": update_s, "time/step_s": time.time() - t_step, **eval_metrics}
+        eval_metrics = {}
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(reward=f"{record['reward/mean']:.2f}", H=f"{measured_entropy:.3f}",
+                            target="-" if target is None else f"{target:.3f}", knob=f"{knob:.3f}")
+        done = step + 1 == cfg.steps
+        if done or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+            save_checkpoint(step + 1, model, tokenizer, optimizer,
+                            {"schedule": schedule.state_dict(), "controller": controller.state_dict(),
+                             "curriculum": curriculum.state_dict(), "tracker": tracker.state_dict(),
+                             "nonfinite_skipped": skipped_total, "config": dataclasses.asdict(cfg)},
+                            cfg, rank)
+    bar.close()
+    if rank == 0:
+        summary = {"tracking_error": tracker.summary(), "nonfinite_skipped": skipped_total}
+        with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"done: {json.dumps(summary)}; metrics in {metrics_path}")
+        plot_metrics(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def plot_metrics(metrics_path: str, png_path: str) -> None:
+    """Entropy vs target, reward and the knob over steps, when matplotlib is installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    axes[0].plot(steps, [r["entropy"] for r in rows], label="measured")
+    axes[0].plot(steps, [r["entropy/target"] if r["entropy/target"] is not None else math.nan for r in rows],
+                 "--", label="target")
+    axes[0].set(title="entropy (nats)", xlabel="step")
+    axes[0].legend()
+    axes[1].plot(steps, [r["reward/mean"] for r in rows])
+    axes[1].set(title="mean reward", xlabel="step")
+    axes[2].plot(steps, [r["entropy/knob"] for r in rows])
+    axes[2].set(title=f"knob: {rows[-1]['entropy/knob_name']}", xlabel="step")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
