@@ -11,7 +11,7 @@ config choice, measured by benchmarks/compare_schedules.py:
   easy-first  the reverse, the classic curriculum. Why it could win: a policy that cannot yet solve
               hard prompts gets all-zero groups there (no gradient); it should first learn the
               basics, then spend the sharpening phase where pass@1 is still low.
-  off         uniform over all prompts.
+  off         uniform over all prompts (no pools, no down-weighting).
 
 Difficulty of prompt i, in [0, 1]:
   * a prior from the data set's own labels when it has them (MATH levels 1-5, the built-in task's
@@ -67,12 +67,12 @@ class TwoPhaseCurriculum:
     def weights(self, phase: str) -> list[float]:
         """Sampling weight of every prompt in this phase."""
         n = len(self.levels)
-        in_pool = [True] * n
-        if self.order != "off":
-            ranked = sorted(range(n), key=lambda i: (self.difficulty(i), i))
-            harder_half = set(ranked[n // 2 :])
-            want_hard = (phase == "stable") == (self.order == "hard-first")
-            in_pool = [(i in harder_half) == want_hard for i in range(n)]
+        if self.order == "off":  # uniform: a baseline gets no curriculum effect at all
+            return [1.0] * n
+        ranked = sorted(range(n), key=lambda i: (self.difficulty(i), i))
+        harder_half = set(ranked[n // 2 :])
+        want_hard = (phase == "stable") == (self.order == "hard-first")
+        in_pool = [(i in harder_half) == want_hard for i in range(n)]
         weights = []
         for i in range(n):
             w = self.in_pool_weight if in_pool[i] else self.out_pool_weight

@@ -226,8 +226,10 @@ PIDClipController = PIDController  # the paper's controller under its own name
 
 
 def pid_on_entropy_coef(**overrides) -> PIDController:
-    """PID on a signed entropy coefficient in [-0.1, 0.3] (gains tuned on the embedded default)."""
-    return PIDController(**{"init": 0.0, "kp": 0.2, "ki": 0.02, "low": -0.1, "high": 0.3,
+    """PID on a signed entropy coefficient in [-1, 0.5]: the same gains as on eps_high, a wider
+    range downwards because entropy minimisation must beat the policy gradient to anneal on time
+    (on the embedded default a floor of -0.5 saturated and lagged the anneal)."""
+    return PIDController(**{"init": 0.0, "kp": 0.5, "ki": 0.05, "low": -1.0, "high": 0.5,
                             "name": "entropy_coef", **overrides})
 
 

@@ -13,7 +13,7 @@ each other across checkpoints.
 
     python eval_passk.py --model runs/default/checkpoints/latest --dataset arithmetic --n 16 --k 1,4,16
     torchrun --standalone --nproc_per_node=8 eval_passk.py --model Qwen/Qwen2.5-Math-1.5B \\
-        --dataset math --split test --limit 500 --n 16 --k 1,4,16 --out results.json
+        --dataset math --split test --limit 500 --num_samples 16 --k 1,4,16 --out results.json
 
 Under torchrun the prompts are split across ranks and the counts gathered on rank 0.
 `pass_at_k` is copyable alone (standard library); the command imports the rest when it runs.
@@ -48,7 +48,7 @@ def summarize(correct: list[int], n: int, ks: list[int]) -> dict[str, float]:
 
 def evaluate_passk(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
                    max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                   prompts_per_batch: int = 16, chunk_size: int = 1024,
+                   prompts_per_batch: int = 16, chunk_size: int = 256,
                    progress: bool = False) -> dict:
     """Sample n completions per problem; returns per-problem correct counts, pass@k and entropy.
 
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--answer_field", default="answer")
     parser.add_argument("--chat_template", default="auto", choices=["auto", "none"])
     parser.add_argument("--system_prompt", default=None, help="instruction put before each problem")
-    parser.add_argument("--n", type=int, default=16, help="samples per problem")
+    parser.add_argument("--n", "--num_samples", dest="n", type=int, default=16,
+                        help="samples per problem (under torchrun write --num_samples: torchrun "
+                             "itself takes --n as a prefix of its own --nnodes)")
     parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_p", type=float, default=1.0)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     ks = [int(k) for k in args.k.split(",")]
     for k in ks:
         if not 1 <= k <= args.n:
-            parser.error(f"--k {k}: each k must be between 1 and --n {args.n}")
+            parser.error(f"--k {k}: each k must be between 1 and --n {args.n} (samples per problem)")
 
     import torch
     import torch.distributed as dist

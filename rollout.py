@@ -34,7 +34,7 @@ import torch
 
 # ----------------------------------------------------------------------------- log-probs and entropy
 def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                         chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row log-prob of `labels` and entropy from (N, V) logits, in fp32 row chunks.
 
     Differentiable through autograd. Only one chunk is upcast to fp32 at a time, which is what
@@ -112,7 +112,7 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
 
 
 def fused_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                               chunk_size: int = 1024,
+                               chunk_size: int = 256,
                                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp (N,), entropy (N,)) in fp32 of the logits `hidden @ weight.T / temperature`,
     without materialising them. hidden (N, H), weight (V, H), labels (N,) int64.
@@ -192,7 +192,7 @@ def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max
 
 # ----------------------------------------------------------------------------- the policy's view
 def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                                  completion_len: int, chunk_size: int = 1024,
+                                  completion_len: int, chunk_size: int = 256,
                                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp, entropy), each (B, T) fp32, of the last `completion_len` tokens of `input_ids`.
 
@@ -220,7 +220,7 @@ def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
 
 @torch.no_grad()
 def policy_logprobs_and_entropy(model, rollouts: Rollouts, micro_batch_size: int,
-                                chunk_size: int = 1024,
+                                chunk_size: int = 256,
                                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """No-grad (logp, entropy), each (B, T), of a whole rollout batch, micro-batch by micro-batch
     (the "old" log-probs of PPO's ratio and the entropy the controller measures)."""

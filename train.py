@@ -51,7 +51,7 @@ from transformers.utils import logging as hf_logging
 from curriculum import TwoPhaseCurriculum
 from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError, make_controller,
                               schedule_for_goal)
-from eval_passk import evaluate_passk
+from eval_passk import evaluate_passk, summarize
 from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
 from reward import DataError, load_problems, math_reward, overlong_penalty
 from rollout import (Rollouts, generate_rollouts, policy_logprobs_and_entropy,
@@ -66,11 +66,11 @@ class Config:
     """where metrics.jsonl, config.json, checkpoints/ and the plot go"""
     seed: int = 0
     """seeds data order, sampling and the embedded model"""
-    steps: int = 120
+    steps: int = 200
     """RL steps (one rollout batch each)"""
     resume: bool = False
     """continue from out_dir/checkpoints/latest if there is one"""
-    save_every: int = 40
+    save_every: int = 50
     """checkpoint every N steps (and always at the end); 0: only at the end"""
     eval_every: int = 0
     """pass@k on the held-out set every N steps; 0: at the start and the end only"""
@@ -108,8 +108,8 @@ class Config:
     """prompts per RL step over all ranks (must divide by the number of ranks)"""
     group_size: int = 8
     """completions sampled per prompt (G of GRPO; >= 2)"""
-    max_new_tokens: int = 4
-    """completion length budget in tokens"""
+    max_new_tokens: int | None = None
+    """completion length budget in tokens; None: 4 on arithmetic, 1024 otherwise"""
     temperature: float = 1.0
     """sampling temperature (log-probs and entropy are taken at the same temperature)"""
     top_p: float = 1.0
@@ -148,8 +148,10 @@ class Config:
     """optimizer steps per rollout batch (mini-batches); > 1 makes the ratio, so the clip, matter"""
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation within a mini-batch)"""
-    logprob_chunk_size: int = 1024
+    logprob_chunk_size: int = 256
     """tokens per chunk of the fused log-prob/entropy head"""
+    gradient_checkpointing: bool = False
+    """recompute layer activations in backward (large models: less memory, ~30% more time)"""
 
     # --- entropy scheduling
     schedule: str = "stable-anneal"
@@ -167,8 +169,8 @@ class Config:
     warmup_steps: int = 0
     """ramp the target from the measured entropy to entropy_start over N steps"""
     passk_goal: int = 0
-    """> 0: choose start, end and stable_frac for this pass@k (entropy_schedule.schedule_for_goal)"""
-    controller: str = "pid"
+    """> 0: a stable-anneal schedule chosen for this pass@k (schedule_for_goal; overrides --schedule)"""
+    controller: str = "pid-entropy"
     """pid (clip-high, the paper's) | pid-entropy (signed entropy coef) | skywork (entropy bonus) | balance (pos/neg advantage weights)"""
     kp: float | None = None
     """proportional gain (pid, balance); None: the controller's default"""
@@ -201,6 +203,7 @@ class Config:
         agg, clip_high, dynamic, scale = presets[self.loss]
         return dataclasses.replace(
             self, loss_agg=self.loss_agg or agg,
+            max_new_tokens=self.max_new_tokens or (4 if self.dataset == "arithmetic" else 1024),
             clip_high=self.clip_high if self.clip_high is not None else clip_high,
             dynamic_sampling=self.dynamic_sampling if self.dynamic_sampling is not None else dynamic,
             adv_scale=self.adv_scale or scale)
@@ -505,6 +508,17 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
+def make_schedule(cfg: Config, initial_entropy: float) -> EntropySchedule:
+    """The run's schedule; entropy_start defaults to the entropy measured at step 0."""
+    start = cfg.entropy_start or initial_entropy
+    if cfg.passk_goal > 0:  # the goal rule chooses start, end and stable_frac (overrides --schedule)
+        return schedule_for_goal(cfg.passk_goal, cfg.steps, start)
+    return EntropySchedule(cfg.schedule, start=start, end=cfg.entropy_end or 0.3 * start,
+                           total_steps=cfg.steps, stable_frac=cfg.stable_frac,
+                           anneal_shape=cfg.anneal_shape, period=cfg.cycle_period,
+                           warmup_steps=cfg.warmup_steps, warmup_from=initial_entropy)
+
+
 # ============================================================================ checkpoints
 def checkpoint_dir(cfg: Config) -> str:
     return os.path.join(cfg.out_dir, "checkpoints")
@@ -699,21 +713,25 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- the policy: a checkpoint to resume, the embedded default, or any HF model
     resume_from = latest_checkpoint(cfg) if cfg.resume else None
-    model_path = resume_from or cfg.model
-    if cfg.model == "embedded" and not resume_from:
-        model_path = os.path.join(cfg.out_dir, "base_model")
-        if rank == 0 and not os.path.exists(model_path):
-            build_embedded_default(model_path, cfg)
+    initial_path = cfg.model
+    if cfg.model == "embedded":
+        initial_path = os.path.join(cfg.out_dir, "base_model")
+        if rank == 0 and not os.path.exists(initial_path):
+            build_embedded_default(initial_path, cfg)
         if dist.is_initialized():
             dist.barrier()
+    model_path = resume_from or initial_path
     model, tokenizer = load_policy(model_path, rank, device)
+    num_params = sum(p.numel() for p in model.parameters())
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.system_prompt is None and cfg.dataset != "arithmetic":
         cfg.system_prompt = "Please reason step by step, and put your final answer within \\boxed{}."
     train_problems = format_prompts(train_problems, tokenizer, cfg.chat_template, cfg.system_prompt)
     held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
     ref_model = None
     if cfg.kl_coef > 0:  # a frozen copy of the starting policy
-        ref_model, _ = load_policy(cfg.model if cfg.model != "embedded" else model_path, rank, device)
+        ref_model, _ = load_policy(initial_path, rank, device)
         ref_model.requires_grad_(False)
     if world_size > 1:
         shard_model(model)
@@ -751,7 +769,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
         print(f"config: {json.dumps(dataclasses.asdict(cfg))}")
-        print(f"policy: {model_path} ({sum(p.numel() for p in model.parameters()) * world_size / 1e6:.2f}M "
+        print(f"policy: {model_path} ({num_params / 1e6:.2f}M "
               f"parameters), {len(train_problems)} training / {len(held_out)} held-out problems, "
               f"{world_size} rank(s) on {device.type}" + (f", resuming at step {start_step}" if resume_from else ""))
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
@@ -772,15 +790,13 @@ def main(argv: list[str] | None = None) -> None:
                                     chunk_size=cfg.logprob_chunk_size)
         correct = all_gather_list(result["correct"])
         entropy = all_reduce_sum([result["entropy"] * result["tokens"], result["tokens"]], device)
-        from eval_passk import summarize
-
         out = {f"eval/{k}": v for k, v in summarize(correct, cfg.eval_n, ks).items()}
         out["eval/entropy"] = entropy[0] / max(entropy[1], 1)
         if rank == 0:
             print(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
         return out
 
-    G, local_prompts = cfg.group_size, cfg.prompts_per_step // world_size
+    G = cfg.group_size
     sampling_rng = random.Random(cfg.seed * 7919 + rank)  # dynamic-sampling refills, per rank
     pool = list(range(len(train_problems)))
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL",
@@ -812,17 +828,8 @@ def main(argv: list[str] | None = None) -> None:
                                sample_stats.pop("accuracy_sum"), float(rewards.sum())], device)
         measured_entropy, tokens = sums[0] / sums[1], sums[1]
         # 6. entropy control: the schedule gives H*(step), the controller the knob for this update
-        if schedule is None:
-            start = cfg.entropy_start or measured_entropy
-            if cfg.passk_goal > 0:
-                schedule = schedule_for_goal(cfg.passk_goal, cfg.steps, start)
-                schedule.name = cfg.schedule if cfg.schedule == "none" else schedule.name
-            else:
-                schedule = EntropySchedule(cfg.schedule, start=start,
-                                           end=cfg.entropy_end or 0.3 * start,
-                                           total_steps=cfg.steps, stable_frac=cfg.stable_frac,
-                                           anneal_shape=cfg.anneal_shape, period=cfg.cycle_period,
-                                           warmup_steps=cfg.warmup_steps, warmup_from=measured_entropy)
+        if schedule is None:  # first step: targets may be relative to the entropy measured now
+            schedule = make_schedule(cfg, measured_entropy)
             phase = schedule.phase(step)
         target = schedule.target(step)
         knob = controller.update(measured_entropy, target)
@@ -847,9 +854,7 @@ def main(argv: list[str] | None = None) -> None:
                   "reward/batch_mean": sums[5] / sums[3],
                   "entropy": measured_entropy, "entropy/target": target, "entropy/knob": knob,
                   "entropy/knob_name": controller.name, "entropy/track_err": track_err,
-                  **update_stats, "loss/clipfrac": update_stats.get("loss/clipfrac"),
-                  "loss/approx_kl": update_stats.get("loss/approx_kl"),
-                  "response_length/mean": lengths[0] / lengths[1], "tokens": tokens,
+                  **update_stats, "response_length/mean": lengths[0] / lengths[1], "tokens": tokens,
                   **sample_stats, "curriculum/phase": phase, **curriculum.stats(),
                   "nonfinite_skipped": skipped_total, "time/rollout_s": rollout_s,
                   "time/update_s": update_s, "time/step_s": time.time() - t_step, **eval_metrics}

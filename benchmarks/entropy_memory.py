@@ -76,7 +76,7 @@ def main():
     parser.add_argument("--n", type=int, default=4096, help="tokens")
     parser.add_argument("--hidden", type=int, default=896)
     parser.add_argument("--vocab", type=int, default=151936)
-    parser.add_argument("--chunk_size", type=int, default=1024)
+    parser.add_argument("--chunk_size", type=int, default=256)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="runs per variant (min time reported)")

@@ -43,9 +43,13 @@ def test_measured_difficulty_overrides_labels():
 
 
 def test_saturated_prompts_are_down_weighted():
-    c = TwoPhaseCurriculum([None] * 4, order="off", seed=0, saturated_weight=0.1)
+    # both pools weighted 1, so only the saturation rule acts
+    c = TwoPhaseCurriculum([None] * 4, seed=0, saturated_weight=0.1, out_pool_weight=1.0)
     c.update([0, 1, 2], [1.0, 0.0, 0.5])  # always solved, never solved, informative
     assert c.weights("stable") == pytest.approx([0.1, 0.1, 1.0, 1.0])
+    off = TwoPhaseCurriculum([None] * 4, order="off", seed=0)
+    off.update([0, 1, 2], [1.0, 0.0, 0.5])
+    assert off.weights("stable") == [1.0] * 4  # off is uniform
     counts = [0] * 4
     for _ in range(400):
         for i in c.sample(1, "stable"):

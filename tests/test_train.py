@@ -171,3 +171,29 @@ def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path, loss_agg)
         diff = max((one["params"][k] - other["params"][k]).abs().max().item() for k in initial)
         assert diff < 1e-5
         assert other["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+def test_nonfinite_gradient_skips_the_update_and_keeps_weights():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rollout import Rollouts, completion_mask
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=20, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=16, pad_token_id=0, eos_token_id=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    completion = torch.randint(2, 20, (4, 3))
+    batch = Rollouts(torch.randint(2, 20, (4, 2)), completion, torch.ones(4, 2, dtype=torch.long),
+                     completion_mask(completion, 1), [""] * 4)
+    cfg = train.Config(prompts_per_step=2, group_size=2, updates_per_step=2).resolved()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    knobs = {"clip_high": 0.28, "entropy_coef": 0.0, "adv_balance": 0.0}
+    advantages = torch.tensor([1.0, float("nan"), 1.0, -1.0])  # poisons the first mini-batch only
+    with pytest.warns(UserWarning, match="non-finite gradient norm"):
+        stats = train.policy_update(model, optimizer, batch, torch.zeros(4, 3), advantages, cfg, knobs,
+                                    torch.device("cpu"), 1)
+    assert stats["nonfinite_skipped"] == 1
+    after = model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the second update did happen
