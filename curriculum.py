@@ -24,6 +24,9 @@ completion gets the same reward, so zero advantage), so their sampling weight is
 
 Sampling is weighted without replacement (Efraimidis-Spirakis keys u^(1/w)), deterministic given the
 seed; the whole state (averages, RNG) goes through state_dict / load_state_dict.
+Left out: more than two pools, and difficulty from a judge model. Two pools mirror the paper's two
+phases, and pass rates come free with every GRPO group.
+
 Copyable alone: standard library only.
 """
 from __future__ import annotations

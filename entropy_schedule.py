@@ -27,6 +27,11 @@ What is here:
   * `TrackingError`: mean |H - H*| / H* per phase, the measure of how well a controller follows.
 Every object has state_dict / load_state_dict for checkpoints.
 
+Left out, and why: the paper's own gains, targets and anneal start (unpublished); its
+"parallelogram law" (an empirical observation about performance curves, not a mechanism);
+temperature and covariance-based knobs (AEPO, Clip-Cov), which steer entropy too but are not what
+the paper controls.
+
 Run `python entropy_schedule.py` to draw the schedules (a PNG when matplotlib is installed, else a
 text table). Copyable alone: standard library only.
 """
@@ -40,6 +45,17 @@ ANNEAL_SHAPES = ("linear", "cosine")
 
 
 # ----------------------------------------------------------------------------- schedules
+class _Stateful:
+    """state_dict / load_state_dict for a dataclass: its fields are its state (checkpoints)."""
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
 def _anneal(progress: float, start: float, end: float, shape: str) -> float:
     """Interpolate start -> end as progress goes 0 -> 1 (like an LR decay)."""
     progress = min(max(progress, 0.0), 1.0)
@@ -49,7 +65,7 @@ def _anneal(progress: float, start: float, end: float, shape: str) -> float:
 
 
 @dataclass
-class EntropySchedule:
+class EntropySchedule(_Stateful):
     """Target mean token entropy (nats) as a function of the training step.
 
     none:          no target; entropy is free (plain GRPO lets it collapse)
@@ -123,13 +139,6 @@ class EntropySchedule:
             return "anneal" if step >= self.warmup_steps and position < 0.5 else "stable"
         return "anneal" if step >= self.anneal_start else "stable"
 
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
 
 def schedule_for_goal(k: int, total_steps: int, initial_entropy: float) -> EntropySchedule:
     """Propose a stable-anneal schedule for a pass@k goal (our rule; override any field after).
@@ -155,15 +164,6 @@ def schedule_for_goal(k: int, total_steps: int, initial_entropy: float) -> Entro
 
 
 # ----------------------------------------------------------------------------- controllers
-class _Stateful:
-    def state_dict(self) -> dict:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
 @dataclass
 class PIDController(_Stateful):
     """PID on one knob; by default the paper's: DAPO's upper clip bound eps_high.

@@ -16,6 +16,9 @@ each other across checkpoints.
         --dataset math --split test --limit 500 --num_samples 16 --k 1,4,16 --out results.json
 
 Under torchrun the prompts are split across ranks and the counts gathered on rank 0.
+Left out: maj@k (majority voting) and temperature sweeps; pass@k at one temperature is what the
+paper's goals are stated in.
+
 `pass_at_k` is copyable alone (standard library); the command imports the rest when it runs.
 """
 from __future__ import annotations

@@ -23,6 +23,10 @@ Two optional terms steer entropy, the quantity the Entropy Scheduling paper cont
     2511.15248): positive samples sharpen the policy (entropy down), negative ones flatten it (up).
 And an optional KL penalty to a reference policy (`kl_coef`, estimators k1 / k2 / k3).
 
+Left out: a value function (GRPO's group baseline replaces PPO's critic), sequence-level ratios
+(GSPO) and Clip-Cov / KL-Cov token selection: each is a few lines on top of `policy_loss`, and
+none is part of the Entropy Scheduling paper.
+
 Copyable alone: imports torch only.
 """
 from __future__ import annotations

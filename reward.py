@@ -20,6 +20,10 @@ Model output is adversarial: the verifier never raises and never hangs. Inputs a
 `MAX_CHARS` characters, the brace matcher is a linear scan (no recursion, no backtracking regex), and a
 number longer than `MAX_NUMBER_CHARS` is never converted. tests/test_reward.py pins the time bound.
 
+Left out: learned reward models and LLM judges (RLVR's point is a rule that cannot be gamed by
+style), code-execution rewards, and symbolic algebra by default (sympy-level equivalence is what
+`math_verify` adds when installed; our rule covers the numeric forms math data sets use).
+
 Copyable alone: standard library only (`datasets` / `pandas` only inside `load_problems`, and
 `math_verify` only when asked for and installed).
 """

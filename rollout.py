@@ -150,6 +150,25 @@ class Rollouts:
                         self.loss_mask[rows], [self.completions[i] for i in rows.tolist()])
 
 
+def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
+    """Stack rollout batches of different widths: prompts re-left-padded, completions right-padded.
+
+    The padding id (0) is never seen: prompt_mask and loss_mask are 0 there.
+    """
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    T = max(p.completion_ids.shape[1] for p in parts)
+
+    def pad(t, width, left):
+        extra = width - t.shape[1]
+        return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra))
+
+    return Rollouts(torch.cat([pad(p.prompt_ids, P, True) for p in parts]),
+                    torch.cat([pad(p.completion_ids, T, False) for p in parts]),
+                    torch.cat([pad(p.prompt_mask, P, True) for p in parts]),
+                    torch.cat([pad(p.loss_mask, T, False) for p in parts]),
+                    [c for p in parts for c in p.completions])
+
+
 def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
     """(B, T) mask keeping each row up to and including its first EOS; all of a row without one.
 

@@ -54,7 +54,7 @@ from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingE
 from eval_passk import evaluate_passk, summarize
 from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
 from reward import DataError, load_problems, math_reward, overlong_penalty
-from rollout import (Rollouts, generate_rollouts, policy_logprobs_and_entropy,
+from rollout import (Rollouts, concat_rollouts, generate_rollouts, policy_logprobs_and_entropy,
                      sequence_logprobs_and_entropy)
 
 
@@ -619,22 +619,6 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
     stats["groups/unfilled"] = max(0, wanted - len(kept))
     return (concat_rollouts([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]),
             [p[2] for p in pieces], stats)
-
-
-def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
-    """Stack rollout batches; prompts are re-left-padded and completions right-padded to one width."""
-    P = max(p.prompt_ids.shape[1] for p in parts)
-    T = max(p.completion_ids.shape[1] for p in parts)
-
-    def pad(t, width, left):
-        extra = width - t.shape[1]
-        return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra))
-
-    return Rollouts(torch.cat([pad(p.prompt_ids, P, True) for p in parts]),
-                    torch.cat([pad(p.completion_ids, T, False) for p in parts]),
-                    torch.cat([pad(p.prompt_mask, P, True) for p in parts]),
-                    torch.cat([pad(p.loss_mask, T, False) for p in parts]),
-                    [c for p in parts for c in p.completions])
 
 
 def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages, cfg: Config,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rollout import (completion_mask, fused_logprobs_and_entropy, generate_rollouts,
+from rollout import (completion_mask, concat_rollouts, fused_logprobs_and_entropy, generate_rollouts,
                      logprobs_and_entropy, policy_logprobs_and_entropy,
                      sequence_logprobs_and_entropy)
 
@@ -147,3 +147,18 @@ def test_micro_batched_equals_one_batch(tiny_policy):
     b = policy_logprobs_and_entropy(model, r, micro_batch_size=4)
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
+
+
+def test_concat_of_different_widths_keeps_each_rows_logprobs(tiny_policy):
+    model, tok = tiny_policy
+    torch.manual_seed(4)
+    short = generate_rollouts(model, tok, ["1="], group_size=2, max_new_tokens=2)
+    long = generate_rollouts(model, tok, ["1+2+3+4="], group_size=2, max_new_tokens=6)
+    both = concat_rollouts([short, long])
+    assert both.completions == short.completions + long.completions
+    logp, _ = policy_logprobs_and_entropy(model, both, micro_batch_size=4)
+    for part, rows in ((short, slice(0, 2)), (long, slice(2, 4))):
+        alone, _ = policy_logprobs_and_entropy(model, part, micro_batch_size=4)
+        T = part.completion_ids.shape[1]
+        torch.testing.assert_close(logp[rows, :T] * part.loss_mask, alone * part.loss_mask,
+                                   rtol=1e-4, atol=1e-5)
