@@ -6,8 +6,8 @@ completion with a rule, not a learned reward model:
     R(completion, answer) = 1  if extract_answer(completion) equals answer mathematically, else 0.
 
 This file holds that rule and the tasks it scores:
-  * `extract_answer`: the last \\boxed{...}, else GSM8K's "#### 42", else "... answer is 42", else a
-    completion that is just a number (the built-in task answers that way).
+  * `extract_answer`: the last \\boxed{...}, else GSM8K's "#### 42", else "... answer is 42" or
+    "Answer: 42", else a completion that is just a number (the built-in task answers that way).
   * `math_reward`: equality that is mathematical, not textual: 1,000 = 1000, $18 = 18,
     0.5 = 1/2 = \\frac{1}{2} = \\dfrac12, 50\\% = 50, -3 = - 3, trailing "." and unit words dropped.
   * `overlong_penalty`: DAPO's soft length penalty (Yu et al. 2025, Eq. 13).
@@ -70,7 +70,8 @@ def extract_answer(text: str) -> str | None:
     """The final answer a completion states, or None when it states none.
 
     Order: the last \\boxed{...}; else the last "#### ..." line (GSM8K); else what follows the last
-    "answer is" on its line; else the whole completion when it is a plain number.
+    "answer is" or "Answer:" (DAPO-Math) on its line; else the whole completion when it is a plain
+    number.
 
     >>> extract_answer("6 * 7 = 42. #### 42")
     '42'
@@ -84,9 +85,10 @@ def extract_answer(text: str) -> str | None:
     hashes = text.rfind("####")
     if hashes >= 0:
         return text[hashes + 4 :].strip().split("\n")[0].strip() or None
-    said = text.lower().rfind("answer is")
-    if said >= 0:
-        answer = text[said + len("answer is") :].split("\n")[0].strip(" :*$")
+    lower = text.lower()
+    said = max((lower.rfind(cue), cue) for cue in ("answer is", "answer:"))  # DAPO: "Answer: 42"
+    if said[0] >= 0:
+        answer = text[said[0] + len(said[1]) :].split("\n")[0].strip(" :*$")
         return answer or None
     stripped = text.strip()
     if stripped and to_number(normalize(stripped)) is not None:

@@ -62,6 +62,11 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size, temperature):
         # hidden (N, H), weight (V, H), labels (N,) -> logp (N,), entropy (N,), both fp32
+        with torch.autocast(hidden.device.type, enabled=False):  # fp32 math even under autocast
+            return FusedLinearLogprobEntropy._forward(ctx, hidden, weight, labels, chunk_size, temperature)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, labels, chunk_size, temperature):
         weight_f = weight.float()  # a no-op for fp32; for bf16 one (V, H) fp32 copy
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -83,6 +88,11 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+            return FusedLinearLogprobEntropy._backward(ctx, grad_logp, grad_entropy)
+
+    @staticmethod
+    def _backward(ctx, grad_logp, grad_entropy):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
         chunk_size, temperature = ctx.chunk_size, ctx.temperature
         weight_f = weight.float()

@@ -253,6 +253,8 @@ def validate(cfg: Config, world_size: int) -> None:
     except ValueError:
         raise ConfigError(f"--eval_k must be comma-separated integers, got {cfg.eval_k!r}") from None
     need(all(1 <= k <= cfg.eval_n for k in ks), f"--eval_k {cfg.eval_k}: each k must be in [1, --eval_n {cfg.eval_n}]")
+    need(cfg.dataset != "dapo-math" or cfg.eval_dataset is not None,
+         "--dataset dapo-math has no test split: set --eval_dataset (e.g. math, or a file)")
     need(cfg.overlong_buffer < cfg.max_new_tokens or cfg.overlong_buffer == 0,
          f"--overlong_buffer {cfg.overlong_buffer} must be < --max_new_tokens {cfg.max_new_tokens}")
 
@@ -503,6 +505,9 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     limit = cfg.max_problems or None
     train = load_problems(cfg.dataset, None, cfg.prompt_field, cfg.answer_field, cfg.level_field, limit)
     eval_source = cfg.eval_dataset or cfg.dataset
+    if eval_source == cfg.dataset and os.path.exists(cfg.dataset):
+        warnings.warn(f"no --eval_dataset: pass@k is measured on the first {cfg.eval_prompts} "
+                      f"problems of the training file {cfg.dataset}, which are not held out")
     held_out = load_problems(eval_source, "test", cfg.prompt_field, cfg.answer_field, cfg.level_field,
                              cfg.eval_prompts)
     return train, held_out
@@ -709,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
     num_params = sum(p.numel() for p in model.parameters())
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.system_prompt is None and cfg.dataset != "arithmetic":
+    if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO's prompts carry their own
         cfg.system_prompt = "Please reason step by step, and put your final answer within \\boxed{}."
     train_problems = format_prompts(train_problems, tokenizer, cfg.chat_template, cfg.system_prompt)
     held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)

@@ -15,6 +15,8 @@ from reward import (DataError, arithmetic_problems, extract_answer, format_rewar
     ("#### 1,234", "1,234"),
     ("Thus the answer is 17.", "17."),
     ("The final answer is: $3$", "3"),
+    ("Step 1 ...\nAnswer: $\\frac{1}{2}$", r"\frac{1}{2}"),  # DAPO-Math-17k's requested form
+    ("the answer is 4, so\nAnswer: 5", "5"),  # the later cue wins
     ("12", "12"),  # the built-in task answers with a bare number
     ("I think so", None),
     ("", None),
@@ -134,3 +136,30 @@ def test_load_problems_json_and_parquet(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
     got = load_problems(str(tmp_path / "d.parquet"), prompt_field="q", answer_field="a")
     assert [p["prompt"] for p in got] == ["1+1=", "2+3="]
+
+
+def test_hub_loaders_map_rows_of_each_schema(monkeypatch):
+    """No download: load_dataset is replaced by rows shaped as each data set's card documents."""
+    import datasets
+
+    rows = {
+        "openai/gsm8k": [{"question": "Natalia sold 48 clips...", "answer": "48 + 24 = 72\n#### 72"}],
+        "DigitalLearningGmbH/MATH-lighteval": [{"problem": "Compute 3/4.", "level": "Level 2", "type": "Algebra",
+                                                "solution": r"It is $\boxed{\frac{3}{4}}$."}],
+        "BytedTsinghua-SIA/DAPO-Math-17k": [{"data_source": "math_dapo", "ability": "MATH",
+                                             "prompt": [{"role": "user", "content": "Solve x+1=3. Answer: $Answer"}],
+                                             "reward_model": {"ground_truth": "2", "style": "rule"}}],
+    }
+    calls = []
+
+    def fake_load_dataset(name, *args, split=None):
+        calls.append((name, args, split))
+        return rows[name]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_problems("gsm8k") == [{"prompt": "Natalia sold 48 clips...", "answer": "72", "level": None}]
+    assert load_problems("math", split="test") == [{"prompt": "Compute 3/4.", "answer": r"\frac{3}{4}", "level": 2}]
+    assert load_problems("dapo-math")[0] == {"prompt": "Solve x+1=3. Answer: $Answer", "answer": "2", "level": None}
+    assert calls == [("openai/gsm8k", ("main",), "train"), ("DigitalLearningGmbH/MATH-lighteval", (), "test"),
+                     ("BytedTsinghua-SIA/DAPO-Math-17k", (), "train")]
+    assert math_reward("x = 2, so\nAnswer: 2", load_problems("dapo-math")[0]["answer"]) == 1.0

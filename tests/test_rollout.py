@@ -67,6 +67,22 @@ def test_fused_bf16_inputs_accumulate_in_fp32():
     torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=2e-2)  # bf16 output
 
 
+def test_fused_stays_fp32_under_autocast():
+    """Under bf16 autocast (single-GPU training) the head must still accumulate in fp32."""
+    torch.manual_seed(0)
+    hidden = (torch.randn(20, 16) * 0.5).requires_grad_()
+    weight = (torch.randn(64, 16) * 0.5).requires_grad_()
+    labels = torch.randint(0, 64, (20,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, entropy = fused_logprobs_and_entropy(hidden, weight, labels, 8)
+    (logp.sum() + entropy.sum()).backward()
+    ref_logp, ref_ent, h64, _ = naive64(hidden, weight, labels, 1.0)
+    (ref_logp.sum() + ref_ent.sum()).backward()
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), ref_ent.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_logits_entry_point_matches_reference_and_bf16():
     torch.manual_seed(0)
     logits = torch.randn(23, 57, requires_grad=True)
