@@ -270,8 +270,7 @@ def parse_config(argv: list[str]) -> Config:
     """--field value for every Config field; --config FILE (JSON/YAML) underneath the flags."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="RL for LLMs with Entropy Scheduling",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description="RL for LLMs with Entropy Scheduling")
     docs = field_docs(Config)
     for f in dataclasses.fields(Config):
         kind = str(f.type)
@@ -284,7 +283,8 @@ def parse_config(argv: list[str]) -> Config:
         else:
             convert = str
         nullable = "None" in kind
-        parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=docs.get(f.name, ""),
+        parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS,
+                            help=f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%"),
                             type=(lambda s, c=convert, n=nullable: None if n and s.lower() == "none" else c(s)),
                             metavar=f.name.upper() if "bool" not in kind else "{true,false}",
                             nargs="?" if "bool" in kind else None,
@@ -843,6 +843,7 @@ def main(argv: list[str] | None = None) -> None:
                   "reward/batch_mean": sums[5] / sums[3],
                   "entropy": measured_entropy, "entropy/target": target, "entropy/knob": knob,
                   "entropy/knob_name": controller.name, "entropy/track_err": track_err,
+                  **{f"entropy/track_err_{p}": v for p, v in tracker.summary().items()},
                   **update_stats, "response_length/mean": lengths[0] / lengths[1], "tokens": tokens,
                   **sample_stats, "curriculum/phase": phase, **curriculum.stats(),
                   "nonfinite_skipped": skipped_total, "time/rollout_s": rollout_s,

@@ -17,7 +17,8 @@ TINY = ["--prompts_per_step", "8", "--group_size", "4", "--eval_prompts", "8", "
 REQUIRED_KEYS = {"step", "reward/mean", "entropy", "entropy/target", "entropy/knob", "loss/policy",
                  "loss/clipfrac", "loss/approx_kl", "grad_norm", "response_length/mean",
                  "groups/zero_std_frac", "curriculum/phase", "time/step_s", "time/rollout_s",
-                 "time/update_s"}
+                 "time/update_s", "entropy/track_err", "entropy/track_err_stable",
+                 "entropy/track_err_anneal"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
@@ -122,6 +123,12 @@ def test_bad_config_fails_at_start_with_one_line(tmp_path, flags, message):
     proc = run(["--out_dir", str(tmp_path), *flags], check=False, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_lists_every_field_with_its_docstring():
+    proc = run(["--help"], timeout=60)
+    assert "--schedule SCHEDULE" in proc.stdout and "none | constant | linear" in proc.stdout
+    assert all(f"--{f.name}" in proc.stdout for f in train.dataclasses.fields(train.Config))
 
 
 def test_batch_must_split_across_ranks():
