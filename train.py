@@ -266,6 +266,20 @@ def field_docs(cls) -> dict[str, str]:
             if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
 
 
+def _convert(text: str, kind: str):
+    """A flag's text as its field's type (kind is the annotation: 'int', 'float | None', ...)."""
+    import argparse
+
+    if "None" in kind and text.lower() == "none":
+        return None
+    try:
+        if "bool" in kind:
+            return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+        return int(text) if "int" in kind else float(text) if "float" in kind else text
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+
+
 def parse_config(argv: list[str]) -> Config:
     """--field value for every Config field; --config FILE (JSON/YAML) underneath the flags."""
     import argparse
@@ -274,18 +288,9 @@ def parse_config(argv: list[str]) -> Config:
     docs = field_docs(Config)
     for f in dataclasses.fields(Config):
         kind = str(f.type)
-        if "bool" in kind:
-            convert = lambda s: {"true": True, "1": True, "false": False, "0": False}[s.lower()]  # noqa: E731
-        elif "int" in kind:
-            convert = int
-        elif "float" in kind:
-            convert = float
-        else:
-            convert = str
-        nullable = "None" in kind
         parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS,
                             help=f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%"),
-                            type=(lambda s, c=convert, n=nullable: None if n and s.lower() == "none" else c(s)),
+                            type=lambda text, kind=kind: _convert(text, kind),
                             metavar=f.name.upper() if "bool" not in kind else "{true,false}",
                             nargs="?" if "bool" in kind else None,
                             **({"const": True} if "bool" in kind else {}))
@@ -838,13 +843,12 @@ def main(argv: list[str] | None = None) -> None:
         # 8. log, evaluate, save
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
             eval_metrics = evaluate(step + 1)
-        lengths = all_reduce_sum([float(mask.sum()), float(mask.shape[0])], device)
         record = {"step": step, "reward/mean": sums[2] / sums[3], "reward/accuracy": sums[4] / sums[3],
                   "reward/batch_mean": sums[5] / sums[3],
                   "entropy": measured_entropy, "entropy/target": target, "entropy/knob": knob,
                   "entropy/knob_name": controller.name, "entropy/track_err": track_err,
                   **{f"entropy/track_err_{p}": v for p, v in tracker.summary().items()},
-                  **update_stats, "response_length/mean": lengths[0] / lengths[1], "tokens": tokens,
+                  **update_stats, "response_length/mean": tokens / sums[3], "tokens": tokens,
                   **sample_stats, "curriculum/phase": phase, **curriculum.stats(),
                   "nonfinite_skipped": skipped_total, "time/rollout_s": rollout_s,
                   "time/update_s": update_s, "time/step_s": time.time() - t_step, **eval_metrics}

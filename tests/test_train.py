@@ -118,6 +118,8 @@ def test_resume_after_sigkill_gives_continuous_metrics(base_model, tmp_path):
     (["--loss", "ppo"], "--loss must be one of"),
     (["--eval_k", "1,64"], "--eval_k 1,64: each k must be in"),
     (["--prompts_per_step", "6", "--updates_per_step", "4"], "--updates_per_step 4 must divide"),
+    (["--resume", "maybe"], "argument --resume: expected bool, got 'maybe'"),
+    (["--lr", "fast"], "argument --lr: expected float, got 'fast'"),
 ])
 def test_bad_config_fails_at_start_with_one_line(tmp_path, flags, message):
     proc = run(["--out_dir", str(tmp_path), *flags], check=False, timeout=60)
