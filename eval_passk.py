@@ -45,19 +45,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def summarize(correct: list[int], n: int, ks: list[int]) -> dict[str, float]:
-    """Mean pass@k over prompts, from each prompt's number of correct samples."""
+    """Mean pass@k over prompts, from each prompt's number of correct samples (nan for no prompts).
+
+    >>> summarize([0, 4, 1], n=4, ks=[1])  # (0 + 1 + 0.25) / 3
+    {'pass@1': 0.4166666666666667}
+    """
+    if not correct:
+        return {f"pass@{k}": math.nan for k in ks}
     return {f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct) / len(correct) for k in ks}
 
 
 def evaluate_passk(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
                    max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                   prompts_per_batch: int = 16, chunk_size: int = 256,
-                   progress: bool = False) -> dict:
+                   prompts_per_batch: int = 16, chunk_size: int = 256, micro_batch_size: int = 64,
+                   progress: bool = False, stop_ids: list[int] | None = None) -> dict:
     """Sample n completions per problem; returns per-problem correct counts, pass@k and entropy.
 
     `problems` are dicts with "prompt" (already templated) and "answer"; `reward_fn(completion,
     answer)` returns 1.0 for a correct completion. The entropy is the token-mean over all samples
-    of the full next-token distribution's entropy at this temperature.
+    of the full next-token distribution's entropy at this temperature. `progress` shows a bar with
+    an ETA; an empty `problems` (a rank with no share) returns empty counts.
     """
     import torch
     from tqdm import tqdm
@@ -65,18 +72,20 @@ def evaluate_passk(model, tokenizer, problems: list[dict], reward_fn, n: int, ks
     from rollout import generate_rollouts, policy_logprobs_and_entropy
 
     correct, entropy_sum, tokens = [], 0.0, 0
-    batches = range(0, len(problems), prompts_per_batch)
-    for start in tqdm(batches, desc="pass@k", disable=not progress):
+    bar = tqdm(total=len(problems), desc=f"pass@k ({n} samples)", unit="prompt", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for start in range(0, len(problems), prompts_per_batch):
         batch = problems[start : start + prompts_per_batch]
         rollouts = generate_rollouts(model, tokenizer, [p["prompt"] for p in batch], n,
-                                     max_new_tokens, temperature, top_p)
+                                     max_new_tokens, temperature, top_p, stop_ids)
         rewards = torch.tensor([reward_fn(text, batch[i // n]["answer"])
                                 for i, text in enumerate(rollouts.completions)])
         correct += (rewards.view(len(batch), n) > 0.5).sum(dim=1).tolist()
-        _, entropy = policy_logprobs_and_entropy(model, rollouts, micro_batch_size=64,
-                                                 chunk_size=chunk_size, temperature=temperature)
+        _, entropy = policy_logprobs_and_entropy(model, rollouts, micro_batch_size, chunk_size, temperature)
         entropy_sum += (entropy * rollouts.loss_mask).sum().item()
         tokens += int(rollouts.loss_mask.sum())
+        bar.update(len(batch))
+    bar.close()
     return {"correct": correct, "n": n, "entropy": entropy_sum / max(tokens, 1), "tokens": tokens,
             **summarize(correct, n, ks)}
 
@@ -113,20 +122,22 @@ def main(argv: list[str] | None = None) -> dict:
     import torch.distributed as dist
 
     from reward import load_problems, math_reward
-    from train import format_prompts, load_policy  # the same loading and templating as training
+    from rollout import format_prompts, load_policy, setup_distributed  # as training loads and templates
 
-    distributed = "RANK" in __import__("os").environ
-    if distributed:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world, device = setup_distributed()
+    distributed = dist.is_initialized()
     torch.manual_seed(args.seed + rank)
-    model, tokenizer = load_policy(args.model, rank)
+    # each rank holds a whole copy (no optimizer, no gradients): bf16 on a GPU, fp32 on a CPU
+    model, tokenizer = load_policy(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.eval()
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
                              limit=args.limit or None)
     problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
     max_new = args.max_new_tokens or (8 if args.dataset == "arithmetic" else 1024)
-    mine = problems[rank::world]
+    if rank == 0:
+        print(f"pass@k of {args.model}: {len(problems)} prompts x {args.n} samples x <= {max_new} tokens, "
+              f"over {world} rank(s) on {device.type}", flush=True)
+    mine = problems[rank::world]  # any split: a rank may get fewer prompts, or none
     result = evaluate_passk(model, tokenizer, mine, math_reward, args.n, ks, max_new,
                             args.temperature, args.top_p, args.prompts_per_batch, progress=rank == 0)
     if distributed:  # gather every rank's counts; re-interleave into the original problem order

@@ -62,19 +62,25 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size, temperature):
         # hidden (N, H), weight (V, H), labels (N,) -> logp (N,), entropy (N,), both fp32
-        with torch.autocast(hidden.device.type, enabled=False):  # fp32 math even under autocast
-            return FusedLinearLogprobEntropy._forward(ctx, hidden, weight, labels, chunk_size, temperature)
+        device = hidden.device.type
+        # The logits are multiplied in the precision the model's own lm_head uses when it samples
+        # (bf16 under autocast or FSDP mixed precision, fp32 on a CPU), then everything after the
+        # matmul is fp32: the trainer scores the distribution the sampler drew from.
+        matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        with torch.autocast(device, enabled=False):
+            return FusedLinearLogprobEntropy._forward(ctx, hidden, weight, labels, chunk_size, temperature,
+                                                      matmul_dtype)
 
     @staticmethod
-    def _forward(ctx, hidden, weight, labels, chunk_size, temperature):
-        weight_f = weight.float()  # a no-op for fp32; for bf16 one (V, H) fp32 copy
+    def _forward(ctx, hidden, weight, labels, chunk_size, temperature, matmul_dtype):
+        weight_m = weight.to(matmul_dtype)  # a no-op when the dtypes agree
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
         entropy = torch.empty_like(logp)
         lse = torch.empty_like(logp)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            z = hidden[start:end].float() @ weight_f.T  # (n, V) fp32 logits of this chunk
+            z = (hidden[start:end].to(matmul_dtype) @ weight_m.T).float()  # (n, V) logits of this chunk
             if temperature != 1.0:
                 z.div_(temperature)
             lse_c = torch.logsumexp(z, dim=-1)  # (n,)
@@ -83,7 +89,7 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
             entropy[start:end] = lse_c - p_times_z.sum(-1)
             lse[start:end] = lse_c
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        ctx.chunk_size, ctx.temperature, ctx.matmul_dtype = chunk_size, temperature, matmul_dtype
         return logp, entropy
 
     @staticmethod
@@ -94,16 +100,16 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad_logp, grad_entropy):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
-        chunk_size, temperature = ctx.chunk_size, ctx.temperature
-        weight_f = weight.float()
+        chunk_size, temperature, matmul_dtype = ctx.chunk_size, ctx.temperature, ctx.matmul_dtype
+        weight_m, weight_f = weight.to(matmul_dtype), weight.float()  # gradients are fp32 math
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()
         grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.float()
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
         grad_weight = torch.zeros_like(weight_f) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
+            z = (hidden[start:end].to(matmul_dtype) @ weight_m.T).float()  # (n, V): the forward's logits
             h = hidden[start:end].float()  # (n, H)
-            z = h @ weight_f.T  # (n, V): recomputed logits
             if temperature != 1.0:
                 z.div_(temperature)
             log_p = z.sub_(lse[start:end, None])  # (n, V), in place: log softmax
@@ -135,6 +141,92 @@ def fused_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     return FusedLinearLogprobEntropy.apply(hidden, weight, labels, chunk_size, temperature)
 
 
+# ----------------------------------------------------------------------------- the policy and its device
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) of this process; torchrun sets RANK, WORLD_SIZE and LOCAL_RANK.
+
+    One GPU per rank (NCCL, `device_id` pinned so collectives never touch another rank's GPU),
+    gloo on CPU. Without torchrun: one process, the first GPU if there is one.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+        return dist.get_rank(), dist.get_world_size(), device
+    dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+def load_policy(name_or_path: str, device: torch.device | None = None, dtype: torch.dtype = torch.float32):
+    """Any HF causal LM and its tokenizer, on `device`, ready for left-padded batched generation.
+
+    Training keeps fp32 master weights (bf16 compute comes from autocast or FSDP mixed precision);
+    evaluation on a GPU uses bf16. The checkpoint is read in its own dtype, which keeps its
+    safetensors memory-mapped (ranks on one host share those pages), and converted to `dtype` on
+    `device`: no rank builds a private fp32 copy in host memory on its way to a GPU.
+    flash-attention 2 is used on GPUs when transformers reports it usable.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import is_flash_attn_2_available
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # Llama-style tokenizers have none; the loss mask never uses it
+        tokenizer.pad_token = tokenizer.eos_token
+    attn = "flash_attention_2" if device.type == "cuda" and is_flash_attn_2_available() else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", attn_implementation=attn)
+    return model.to(device=device, dtype=dtype), tokenizer
+
+
+def format_prompts(problems: list[dict], tokenizer, chat_template: str = "auto",
+                   system_prompt: str | None = None) -> list[dict]:
+    """Problems with "prompt" replaced by the text the model sees (chat template when it has one)."""
+    use_template = chat_template == "auto" and getattr(tokenizer, "chat_template", None)
+    out = []
+    for p in problems:
+        text = p["prompt"]
+        if use_template:
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            messages.append({"role": "user", "content": text})
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        elif system_prompt:
+            text = f"{system_prompt}\n\n{text}"
+        out.append({**p, "prompt": text})
+    return out
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Every token that ends a completion: the model's and tokenizer's EOS, and the chat template's
+    end-of-turn token (Qwen's <|im_end|>, Llama 3's <|eot_id|>), which is often not an EOS.
+
+    The end-of-turn token is read off the template itself: the first special token it writes after
+    an assistant message.
+    """
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if getattr(tokenizer, "chat_template", None):
+        sentinel = "\x00ANSWER\x00"
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "1+1"},
+                                                  {"role": "assistant", "content": sentinel}], tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that cannot render this: EOS alone
+            text = ""
+        special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items()
+                                                    if t.special}
+        after = text.split(sentinel, 1)[1] if sentinel in text else ""
+        ids += [i for i in tokenizer(after, add_special_tokens=False).input_ids if i in special][:1]
+    return list(dict.fromkeys(ids))  # unique, in order
+
+
 # ----------------------------------------------------------------------------- rollouts
 @dataclass
 class Rollouts:
@@ -143,8 +235,9 @@ class Rollouts:
     prompt_ids: torch.Tensor  # (B, P) left-padded prompt tokens
     completion_ids: torch.Tensor  # (B, T) sampled tokens; rows ended early hold padding after EOS
     prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
-    loss_mask: torch.Tensor  # (B, T) 1 up to and including the first EOS
+    loss_mask: torch.Tensor  # (B, T) 1 up to and including the first stop token
     completions: list[str]  # (B,) decoded completions, special tokens dropped
+    sampler_logprobs: torch.Tensor | None = None  # (B, T) log-prob of each token where it was sampled
 
     @property
     def input_ids(self) -> torch.Tensor:  # (B, P + T)
@@ -155,9 +248,10 @@ class Rollouts:
         return torch.cat([self.prompt_mask, self.loss_mask], dim=1)
 
     def select(self, rows: torch.Tensor | list[int]) -> "Rollouts":
-        rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_ids.device)
         return Rollouts(self.prompt_ids[rows], self.completion_ids[rows], self.prompt_mask[rows],
-                        self.loss_mask[rows], [self.completions[i] for i in rows.tolist()])
+                        self.loss_mask[rows], [self.completions[i] for i in rows.tolist()],
+                        None if self.sampler_logprobs is None else self.sampler_logprobs[rows])
 
 
 def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
@@ -172,11 +266,13 @@ def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
         extra = width - t.shape[1]
         return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra))
 
+    sampled = None if any(p.sampler_logprobs is None for p in parts) else \
+        torch.cat([pad(p.sampler_logprobs, T, False) for p in parts])
     return Rollouts(torch.cat([pad(p.prompt_ids, P, True) for p in parts]),
                     torch.cat([pad(p.completion_ids, T, False) for p in parts]),
                     torch.cat([pad(p.prompt_mask, P, True) for p in parts]),
                     torch.cat([pad(p.loss_mask, T, False) for p in parts]),
-                    [c for p in parts for c in p.completions])
+                    [c for p in parts for c in p.completions], sampled)
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | list[int]) -> torch.Tensor:
@@ -192,31 +288,68 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | list[int])
     return (eos_before == 0).long()
 
 
+class SampledTokenLogprobs:
+    """A logits processor that records log pi_sampler(y_t), the log-prob of each sampled token
+    under the very distribution `generate` drew it from.
+
+    Put last in the processor list, it sees the final scores that the sampler soft-maxes. The
+    token drawn at step t is known only at step t + 1 (as input_ids[:, -1]), so each call scores
+    the previous step's token; `finish` scores the last one.
+    """
+
+    def __init__(self):
+        self.previous: torch.Tensor | None = None  # (B, V) log-softmax of the last step's scores
+        self.logprobs: list[torch.Tensor] = []  # T tensors of shape (B,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.logprobs.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, completion_ids: torch.Tensor) -> torch.Tensor:  # -> (B, T)
+        self.logprobs.append(self.previous.gather(1, completion_ids[:, -1:]).squeeze(1))
+        return torch.stack(self.logprobs, dim=1)
+
+
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max_new_tokens: int,
-                      temperature: float = 1.0, top_p: float = 1.0) -> Rollouts:
+                      temperature: float = 1.0, top_p: float = 1.0,
+                      stop_ids: list[int] | None = None) -> Rollouts:
     """Sample `group_size` completions for each prompt with `model.generate` (KV cache on).
 
     Prompts are tokenized with left padding so that every row's completion starts at the same
-    column. Sampling is pure temperature / top-p (top_k=0): the log-probs the loss uses are those
-    of this distribution at this temperature.
+    column. Sampling is pure temperature / top-p, exactly what the loss assumes: the checkpoint's
+    own generation_config (repetition_penalty, top_k, min_p, ... which instruct models often set)
+    is set aside for the call. Completions end at any of `stop_ids` (default `stop_token_ids`).
+    `synced_gpus=False`: transformers would otherwise all-reduce at every decoding step of an
+    FSDP model, and ranks that call `generate` a different number of times would deadlock.
     """
+    from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
     tokenizer.padding_side = "left"
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     device = next(model.parameters()).device
     prompt_ids = encoded["input_ids"].repeat_interleave(group_size, dim=0).to(device)  # (B, P)
     prompt_mask = encoded["attention_mask"].repeat_interleave(group_size, dim=0).to(device)
-    eos = tokenizer.eos_token_id if model.generation_config.eos_token_id is None \
-        else model.generation_config.eos_token_id
-    output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
-                            temperature=temperature, top_p=top_p, top_k=0,
-                            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=eos)
+    stop_ids = stop_ids or stop_token_ids(tokenizer, model)
+    sampling = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=max_new_tokens,
+                                eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+    recorder = SampledTokenLogprobs()
+    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
+    processors += [TopPLogitsWarper(top_p)] if top_p < 1.0 else []
+    processors.append(recorder)  # last: it sees the scores the sampler draws from
+    own_config, model.generation_config = model.generation_config, sampling  # only ours applies
+    try:
+        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=sampling,
+                                logits_processor=processors, synced_gpus=False)
+    finally:
+        model.generation_config = own_config
     completion_ids = output[:, prompt_ids.shape[1] :]  # (B, T), T <= max_new_tokens
-    loss_mask = completion_mask(completion_ids, eos)
+    loss_mask = completion_mask(completion_ids, stop_ids)
     texts = tokenizer.batch_decode(completion_ids * loss_mask + tokenizer.pad_token_id * (1 - loss_mask),
                                    skip_special_tokens=True)
-    return Rollouts(prompt_ids, completion_ids, prompt_mask, loss_mask, texts)
+    return Rollouts(prompt_ids, completion_ids, prompt_mask, loss_mask, texts, recorder.finish(completion_ids))
 
 
 # ----------------------------------------------------------------------------- the policy's view
@@ -225,20 +358,34 @@ def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
                                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp, entropy), each (B, T) fp32, of the last `completion_len` tokens of `input_ids`.
 
-    Runs the model once with `logits_to_keep=1` (so its own lm_head computes one position only),
-    takes the final hidden states, and applies the fused head. Position ids come from the
-    attention mask, exactly as `generate` builds them for left-padded prompts.
+    Runs the whole model (under FSDP the root's forward gathers the embeddings, final norm and
+    lm_head) with `logits_to_keep=1`, so its own lm_head computes one position only. A forward
+    hook on the decoder keeps its final, normed hidden states, and only those: asking for
+    `output_hidden_states` would hold every layer's states alive (tens of GB at 7B). The fused
+    head then scores them. Position ids come from the attention mask, as `generate` builds them.
     """
+    captured = {}
+
+    def keep_last_hidden(module, args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, P + T)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    handle = model.base_model.register_forward_hook(keep_last_hidden)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+              logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
     T = completion_len
-    hidden = out.hidden_states[-1][:, -T - 1 : -1, :]  # (B, T, H): states that predict the completion
+    hidden = captured.pop("hidden")[:, -T - 1 : -1, :]  # (B, T, H): states that predict the completion
     labels = input_ids[:, -T:]  # (B, T)
     head = model.get_output_embeddings()
     B, _, H = hidden.shape
     if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None):
         logits = head(hidden)  # (B, T, V)
+        if getattr(model.config, "final_logit_softcapping", None):
+            cap = model.config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
         logp, entropy = logprobs_and_entropy((logits / temperature).reshape(B * T, -1),
                                              labels.reshape(-1), chunk_size)
     else:
@@ -260,3 +407,14 @@ def policy_logprobs_and_entropy(model, rollouts: Rollouts, micro_batch_size: int
                                             chunk_size, temperature)
               for s in range(0, input_ids.shape[0], micro_batch_size)]
     return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+
+
+def sampler_mismatch(rollouts: Rollouts, logprobs: torch.Tensor) -> float:
+    """Mean |logp_sampler - logp_trainer| over completion tokens (verl and TRL log the same).
+
+    ~1e-6 in fp32 on a CPU; bf16 kernels on GPUs make it larger, and top_p < 1 adds the mass the
+    sampler cut off (the trainer scores the untruncated distribution). A large value means the
+    "on-policy" samples are off-policy.
+    """
+    mask = rollouts.loss_mask.bool()
+    return (rollouts.sampler_logprobs - logprobs)[mask].abs().mean().item() if mask.any() else 0.0

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import gc
 import inspect
 import json
 import math
@@ -54,8 +55,9 @@ from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingE
 from eval_passk import evaluate_passk, summarize
 from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
 from reward import DataError, load_problems, math_reward, overlong_penalty
-from rollout import (Rollouts, concat_rollouts, generate_rollouts, policy_logprobs_and_entropy,
-                     sequence_logprobs_and_entropy)
+from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, load_policy,
+                     policy_logprobs_and_entropy, sequence_logprobs_and_entropy,
+                     setup_distributed, stop_token_ids)
 
 
 # ============================================================================ configuration
@@ -312,19 +314,6 @@ def parse_config(argv: list[str]) -> Config:
 
 
 # ============================================================================ distributed
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); torchrun sets RANK, WORLD_SIZE and LOCAL_RANK."""
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.cuda.is_available():
-        local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
-        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
-    dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
-
-
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few numbers over all ranks (identity on one process)."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -346,7 +335,8 @@ def shard_model(model) -> None:
     """FSDP2: `fully_shard` every decoder layer, then the root (embeddings, norm, lm_head).
 
     The layer classes come from the model's own `_no_split_modules`, so this works for any HF
-    causal LM. bf16 compute with fp32 master weights and gradient reduction on GPUs.
+    causal LM. bf16 compute with fp32 master weights and gradient reduction on GPUs. Under torchrun
+    the model is always sharded, one rank included, so that one code path serves every box.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -382,7 +372,8 @@ def generation_mode(model):
         for unit in units:
             unit.unshard()
     try:
-        yield
+        with autocast(model):  # bf16 generation on a GPU without FSDP too
+            yield
     finally:
         if units:
             for unit in units:
@@ -392,53 +383,16 @@ def generation_mode(model):
         model.train(was_training)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on a single GPU without FSDP (FSDP's MixedPrecisionPolicy does it otherwise)."""
-    use = device.type == "cuda" and not dist.is_initialized()
+def autocast(model):
+    """bf16 autocast for a model on a GPU that FSDP does not manage (one process, no torchrun);
+    under FSDP its MixedPrecisionPolicy computes in bf16 already. A no-op on a CPU (fp32)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    use = next(model.parameters()).is_cuda and not isinstance(model, FSDPModule)
     return torch.autocast("cuda", dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
 # ============================================================================ model and data
-def load_policy(name_or_path: str, rank: int = 0, device: torch.device | None = None):
-    """Any HF causal LM and its tokenizer, ready for left-padded batched generation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:  # Llama-style tokenizers have none; the loss mask never uses it
-        tokenizer.pad_token = tokenizer.eos_token
-    attn = "sdpa"
-    if device.type == "cuda":
-        with contextlib.suppress(ImportError):
-            import flash_attn  # noqa: F401
-
-            attn = "flash_attention_2"
-    # fp32 master weights everywhere: bf16 compute comes from autocast / FSDP mixed precision
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32,
-                                                 attn_implementation=attn).to(device)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-def format_prompts(problems: list[dict], tokenizer, chat_template: str = "auto",
-                   system_prompt: str | None = None) -> list[dict]:
-    """Problems with "prompt" replaced by the text the model sees (chat template when it has one)."""
-    use_template = chat_template == "auto" and getattr(tokenizer, "chat_template", None)
-    out = []
-    for p in problems:
-        text = p["prompt"]
-        if use_template:
-            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-            messages.append({"role": "user", "content": text})
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        elif system_prompt:
-            text = f"{system_prompt}\n\n{text}"
-        out.append({**p, "prompt": text})
-    return out
-
-
 def build_embedded_default(path: str, cfg: Config) -> None:
     """Build the tiny base model, warm-start it on digit sums, save it at `path` in HF format.
 
@@ -543,12 +497,13 @@ def latest_checkpoint(cfg: Config) -> str | None:
 
 
 def save_checkpoint(step: int, model, tokenizer, optimizer, trainer_state: dict, cfg: Config,
-                    rank: int) -> None:
+                    rank: int, rng: dict) -> None:
     """Atomic: write step_N.tmp/, rename it to step_N/, then repoint `latest` (os.replace).
 
     A crash at any moment leaves `latest` pointing to a complete checkpoint. The model is an HF
-    directory (`AutoModelForCausalLM.from_pretrained(path)` loads it); trainer_state.pt holds the
-    optimizer, every rank's RNG states and the schedule / controller / curriculum state.
+    directory (`AutoModelForCausalLM.from_pretrained(path)` loads it); optimizer.pt holds the full
+    optimizer state (read by rank 0 alone on resume, then broadcast); trainer_state.pt is small:
+    every rank's random streams (`rng`, this rank's) and the schedule / controller / curriculum.
     """
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
@@ -556,9 +511,7 @@ def save_checkpoint(step: int, model, tokenizer, optimizer, trainer_state: dict,
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(model, options=options)  # collective under FSDP
     optim_state = get_optimizer_state_dict(model, optimizer, options=options)
-    rng = all_gather_list([{"python": random.getstate(), "numpy": np.random.get_state(),
-                            "torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}])
+    rngs = all_gather_list([rng])  # one entry per rank, in rank order
     if rank == 0:
         name = f"step_{step:06d}"
         final = os.path.join(checkpoint_dir(cfg), name)
@@ -572,8 +525,8 @@ def save_checkpoint(step: int, model, tokenizer, optimizer, trainer_state: dict,
         hf_config["architectures"] = [a.removeprefix("FSDP") for a in hf_config.get("architectures") or []]
         with open(config_path, "w") as f:
             json.dump(hf_config, f, indent=2)
-        torch.save({"step": step, "optimizer": optim_state, "rng": rng, **trainer_state},
-                   os.path.join(tmp, "trainer_state.pt"))
+        torch.save(optim_state, os.path.join(tmp, "optimizer.pt"))
+        torch.save({"step": step, "rng": rngs, **trainer_state}, os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         pointer = os.path.join(checkpoint_dir(cfg), "latest")
@@ -586,35 +539,77 @@ def save_checkpoint(step: int, model, tokenizer, optimizer, trainer_state: dict,
         dist.barrier()
 
 
-def restore_rng(state: dict) -> None:
+def load_optimizer(model, optimizer, checkpoint: str) -> None:
+    """The full optimizer state, read from disk by rank 0 only and broadcast (each rank keeps its
+    shard), so a resume on N ranks does not hold N copies of it in host memory."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    distributed = dist.is_initialized()
+    state = {}
+    if not distributed or dist.get_rank() == 0:
+        state = torch.load(os.path.join(checkpoint, "optimizer.pt"), mmap=True, weights_only=False)
+    set_optimizer_state_dict(model, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed))
+
+
+def rng_state(sampling_rng: random.Random) -> dict:
+    """Every random stream this rank draws from: torch's (sampling in `generate`), CUDA's, the
+    dynamic-sampling refills' own generator, and Python's and NumPy's for completeness."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "sampling": sampling_rng.getstate()}
+
+
+def restore_rng(state: dict, sampling_rng: random.Random) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    sampling_rng.setstate(state["sampling"])
+
+
+def seed_everything(seed: int, rank: int) -> random.Random:
+    """Seed the global streams for this rank (ranks sample different completions); returns the
+    generator of dynamic-sampling refills, also per rank."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+    return random.Random(seed * 7919 + rank)
 
 
 # ============================================================================ one RL step
 def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: random.Random,
-                     pool: list[int]) -> tuple[Rollouts, torch.Tensor, list[int], dict]:
+                     pool: list[int], reward_fn=math_reward,
+                     stop_ids: list[int] | None = None) -> tuple[Rollouts, torch.Tensor, list[int], dict]:
     """Steps 2-4: generate, score, and (DAPO) keep only groups whose rewards differ.
 
     Dynamic sampling replaces zero-signal groups with fresh prompts from `pool` for up to
     `max_sampling_rounds` rounds; if that is not enough, zero-signal groups fill the batch (they
-    add no gradient) so that every rank keeps the same number of sequences.
+    add no gradient) so that every rank keeps the same number of sequences. Whether another round
+    is needed is decided by all ranks together (an all-reduce of "still short of groups"), so every
+    rank runs the same number of rounds; a rank that is already full generates nothing in them.
+    Rewards live on the model's device, like everything the loss touches.
     """
     G, wanted = cfg.group_size, len(indices)
+    device = next(model.parameters()).device
     kept: list[tuple[Rollouts, torch.Tensor, int]] = []  # (group rollouts, rewards (G,), prompt)
     spare: list[tuple[Rollouts, torch.Tensor, int]] = []
     stats = {"groups/zero_std_frac": None, "sampling/rounds": 0}
     for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+        if round_ > 0:  # one all-reduce a round: go on while any rank is short of groups
+            if all_reduce_sum([float(len(kept) < wanted)], device)[0] == 0:
+                break
+            indices = rng.sample(pool, wanted - len(kept)) if len(kept) < wanted else []
         stats["sampling/rounds"] = round_ + 1
+        if not indices:
+            continue
         rollouts = generate_rollouts(model, tokenizer, [problems[i]["prompt"] for i in indices], G,
-                                     cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+                                     cfg.max_new_tokens, cfg.temperature, cfg.top_p, stop_ids)
         lengths = rollouts.loss_mask.sum(dim=1).tolist()
-        rewards = torch.tensor([math_reward(text, problems[indices[j // G]]["answer"])
+        rewards = torch.tensor([reward_fn(text, problems[indices[j // G]]["answer"])
                                 + overlong_penalty(lengths[j], cfg.max_new_tokens, cfg.overlong_buffer)
-                                for j, text in enumerate(rollouts.completions)])  # (B,)
+                                for j, text in enumerate(rollouts.completions)], device=device)  # (B,)
         signal = groups_with_signal(rewards, G).tolist()
         if stats["groups/zero_std_frac"] is None:  # the first round measures the policy, unfiltered
             stats["groups/zero_std_frac"] = 1.0 - float(np.mean(signal))
@@ -622,9 +617,6 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
         for g, has_signal in enumerate(signal):
             piece = (rollouts.select(range(g * G, (g + 1) * G)), rewards[g * G : (g + 1) * G], indices[g])
             (kept if has_signal or not cfg.dynamic_sampling else spare).append(piece)
-        if len(kept) >= wanted:
-            break
-        indices = rng.sample(pool, wanted - len(kept))
     pieces = (kept + spare)[:wanted]
     stats["groups/unfilled"] = max(0, wanted - len(kept))
     return (concat_rollouts([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]),
@@ -653,7 +645,7 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
         optimizer.zero_grad(set_to_none=True)
         for mb in range(start, start + per_update, cfg.micro_batch_size):
             rows = slice(mb, min(mb + cfg.micro_batch_size, start + per_update))
-            with autocast(device):
+            with autocast(model):
                 logprobs, entropy = sequence_logprobs_and_entropy(
                     model, input_ids[rows], attention_mask[rows], T, cfg.logprob_chunk_size,
                     cfg.temperature)
@@ -677,6 +669,7 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
             totals["nonfinite_skipped"] += 1
             continue
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next rollout
         totals["grad_norm"] += grad_norm.item() / cfg.updates_per_step
     # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
     keys = sorted(stat_sums)
@@ -700,9 +693,7 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    random.seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed + rank)  # ranks sample different completions
+    sampling_rng = seed_everything(cfg.seed, rank)
     os.makedirs(checkpoint_dir(cfg), exist_ok=True)
 
     # ---- the policy: a checkpoint to resume, the embedded default, or any HF model
@@ -715,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
         if dist.is_initialized():
             dist.barrier()
     model_path = resume_from or initial_path
-    model, tokenizer = load_policy(model_path, rank, device)
+    model, tokenizer = load_policy(model_path, device)
     num_params = sum(p.numel() for p in model.parameters())
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -725,9 +716,10 @@ def main(argv: list[str] | None = None) -> None:
     held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
     ref_model = None
     if cfg.kl_coef > 0:  # a frozen copy of the starting policy
-        ref_model, _ = load_policy(initial_path, rank, device)
+        ref_model, _ = load_policy(initial_path, device)
         ref_model.requires_grad_(False)
-    if world_size > 1:
+    stop_ids = stop_token_ids(tokenizer, model)  # EOS and the chat template's end of turn
+    if dist.is_initialized():  # FSDP2 under torchrun, one rank included
         shard_model(model)
         if ref_model is not None:
             shard_model(ref_model)
@@ -748,17 +740,21 @@ def main(argv: list[str] | None = None) -> None:
     start_step, skipped_total = 0, 0
     if resume_from:
         state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(model, optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        load_optimizer(model, optimizer, resume_from)
         schedule = EntropySchedule(**state["schedule"]) if state["schedule"] else None
         controller.load_state_dict(state["controller"])
         curriculum.load_state_dict(state["curriculum"])
         tracker.load_state_dict(state["tracker"])
         start_step, skipped_total = state["step"], state["nonfinite_skipped"]
-        if len(state["rng"]) == world_size:
-            restore_rng(state["rng"][rank])
+        if len(state["rng"]) == world_size:  # every random stream where it was: an exact continuation
+            restore_rng(state["rng"][rank], sampling_rng)
+        else:
+            sampling_rng = seed_everything(cfg.seed + 1_000_003 * start_step, rank)
+            if rank == 0:
+                print(f"note: {resume_from} was written by {len(state['rng'])} rank(s) and resumes on "
+                      f"{world_size}: model, optimizer, schedule, controller and curriculum are restored, "
+                      f"the random streams are re-seeded from --seed and the step, so the run goes on "
+                      f"faithfully but not bit-exactly (resume on {len(state['rng'])} rank(s) for that)")
     if rank == 0:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
@@ -775,23 +771,28 @@ def main(argv: list[str] | None = None) -> None:
         with open(metrics_path, "w") as f:
             f.writelines(keep)
     ks = [int(k) for k in cfg.eval_k.split(",")]
+    reward_fn = math_reward
 
     def evaluate(step: int) -> dict:
-        """pass@k and entropy on the held-out set, prompts split across ranks."""
+        """pass@k and entropy on the held-out set, prompts split across ranks (any split: a rank
+        may get fewer prompts, or none)."""
+        if rank == 0:
+            tqdm.write(f"step {step}: held-out pass@k on {len(held_out)} prompts x {cfg.eval_n} samples "
+                       f"x <= {cfg.max_new_tokens} tokens, over {world_size} rank(s)")
         with generation_mode(model):
-            result = evaluate_passk(model, tokenizer, held_out[rank::world_size], math_reward,
+            result = evaluate_passk(model, tokenizer, held_out[rank::world_size], reward_fn,
                                     cfg.eval_n, ks, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                    chunk_size=cfg.logprob_chunk_size)
+                                    chunk_size=cfg.logprob_chunk_size, micro_batch_size=cfg.micro_batch_size,
+                                    progress=rank == 0, stop_ids=stop_ids)
         correct = all_gather_list(result["correct"])
         entropy = all_reduce_sum([result["entropy"] * result["tokens"], result["tokens"]], device)
         out = {f"eval/{k}": v for k, v in summarize(correct, cfg.eval_n, ks).items()}
         out["eval/entropy"] = entropy[0] / max(entropy[1], 1)
         if rank == 0:
-            print(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
+            tqdm.write(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
         return out
 
     G = cfg.group_size
-    sampling_rng = random.Random(cfg.seed * 7919 + rank)  # dynamic-sampling refills, per rank
     pool = list(range(len(train_problems)))
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL",
                disable=rank != 0, dynamic_ncols=True)
@@ -805,21 +806,24 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         with generation_mode(model):
             rollouts, rewards, indices, sample_stats = collect_rollouts(
-                model, tokenizer, train_problems, indices, cfg, sampling_rng, pool)
+                model, tokenizer, train_problems, indices, cfg, sampling_rng, pool, reward_fn, stop_ids)
         rollout_s = time.time() - t0
         # 4. advantages, per group
         advantages = group_advantages(rewards, G, cfg.adv_scale)  # (B,)
         # 5. old log-probs and the entropy the controller sees (fused, chunked, no grad)
         t0 = time.time()
-        with autocast(device):
+        with autocast(model):
             old_logprobs, entropy = policy_logprobs_and_entropy(
                 model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)
             ref_logprobs = None if ref_model is None else policy_logprobs_and_entropy(
                 ref_model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)[0]
         mask = rollouts.loss_mask
+        # how far the trainer's log-probs are from the sampler's (bf16 kernels, top-p; ~1e-6 on a CPU)
+        mismatch = torch.where(mask.bool(), (rollouts.sampler_logprobs - old_logprobs).abs(), 0.0)
         sums = all_reduce_sum([float((entropy * mask).sum()), float(mask.sum()),
                                sample_stats.pop("reward_sum"), float(rewards.numel()),
-                               sample_stats.pop("accuracy_sum"), float(rewards.sum())], device)
+                               sample_stats.pop("accuracy_sum"), float(rewards.sum()),
+                               float(mismatch.sum())], device)
         measured_entropy, tokens = sums[0] / sums[1], sums[1]
         # 6. entropy control: the schedule gives H*(step), the controller the knob for this update
         if schedule is None:  # first step: targets may be relative to the entropy measured now
@@ -849,6 +853,7 @@ def main(argv: list[str] | None = None) -> None:
                   "entropy/knob_name": controller.name, "entropy/track_err": track_err,
                   **{f"entropy/track_err_{p}": v for p, v in tracker.summary().items()},
                   **update_stats, "response_length/mean": tokens / sums[3], "tokens": tokens,
+                  "rollout/logp_mismatch": sums[6] / sums[1],
                   **sample_stats, "curriculum/phase": phase, **curriculum.stats(),
                   "nonfinite_skipped": skipped_total, "time/rollout_s": rollout_s,
                   "time/update_s": update_s, "time/step_s": time.time() - t_step, **eval_metrics}
@@ -864,7 +869,7 @@ def main(argv: list[str] | None = None) -> None:
                             {"schedule": schedule.state_dict(), "controller": controller.state_dict(),
                              "curriculum": curriculum.state_dict(), "tracker": tracker.state_dict(),
                              "nonfinite_skipped": skipped_total, "config": dataclasses.asdict(cfg)},
-                            cfg, rank)
+                            cfg, rank, rng_state(sampling_rng))
     bar.close()
     if rank == 0:
         summary = {"tracking_error": tracker.summary(), "nonfinite_skipped": skipped_total}
@@ -872,7 +877,10 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(summary, f, indent=2)
         print(f"done: {json.dumps(summary)}; metrics in {metrics_path}")
         plot_metrics(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
-    if dist.is_initialized():
+    if dist.is_initialized():  # free what holds the process group first: its threads must not
+        del model, ref_model, optimizer  # outlive it into interpreter shutdown (a gloo abort)
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -47,4 +47,6 @@ state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=Tru
 if rank == 0:
     torch.save({"params": state, "loss": stats["loss/policy"], "clipfrac": stats["loss/clipfrac"]}, out_path)
 if world > 1:
+    del model, optimizer  # they hold the process group: free them first (see train.main)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()

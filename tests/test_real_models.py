@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-from train import format_prompts, load_policy
+from rollout import format_prompts, load_policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 PROBLEMS = [{"question": f"What is {a} plus {b}?", "answer": str(a + b), "level": 1 + (a + b) % 5}
-            for a, b in [(2, 3), (10, 7), (41, 1), (6, 6), (9, 12), (30, 3), (5, 8), (11, 11)]]
+            for a, b in [(2, 3), (10, 7), (41, 1), (6, 6), (9, 12), (30, 3), (5, 8), (11, 11), (4, 20)]]
+# 9 problems: under 2 ranks the held-out set splits 5 + 4
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,47 @@ def test_bad_data_file_fails_at_start(llama_dir, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"{bad}: line 2: missing field 'answer'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_passk_runs_copied_with_rollout_and_reward_alone(llama_dir, data_file, tmp_path):
+    """eval_passk.py imports no train.py: the three files copied elsewhere are a working tool."""
+    import shutil
+
+    for name in ("eval_passk.py", "rollout.py", "reward.py"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    proc = subprocess.run([sys.executable, "eval_passk.py", "--model", str(llama_dir), "--dataset", str(data_file),
+                           "--prompt_field", "question", "--n", "2", "--k", "1,2", "--max_new_tokens", "4",
+                           "--limit", "3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 prompts x 2 samples x <= 4 tokens" in proc.stdout and "pass@2" in proc.stdout
+
+
+def test_load_policy_keeps_a_bf16_checkpoint_memory_mapped(tmp_path):
+    """Read in its own dtype, a checkpoint stays memory-mapped (ranks on a host share its pages):
+    no private host copy on the way to the device. An fp32 host copy would be 2x the file."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        pytest.skip("needs Linux /proc")
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1024,
+                                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8))
+    model.to(torch.bfloat16).save_pretrained(tmp_path)  # ~45 MB of bf16 weights
+    tok_dir = tmp_path  # load_policy needs a tokenizer next to the weights: borrow a tiny one
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")),
+                            eos_token="<unk>").save_pretrained(tok_dir)
+    size_mb = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors")) / 2**20
+    del model
+
+    def private_mb():
+        with open("/proc/self/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith("Private_Dirty")) / 1024
+
+    before = private_mb()
+    loaded, _ = load_policy(str(tmp_path), torch.device("cpu"), dtype=torch.bfloat16)
+    grown = private_mb() - before
+    assert loaded.dtype == torch.bfloat16
+    assert grown < 0.25 * size_mb, f"{grown:.0f} MB private for a {size_mb:.0f} MB checkpoint"

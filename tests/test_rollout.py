@@ -50,7 +50,15 @@ def test_fused_grad_of_one_output_only_and_frozen_weight():
     torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_bf16_inputs_accumulate_in_fp32():
+def reference_from_logits(logits):
+    """float64 log-softmax / entropy of given logits (the sampler's view of them)."""
+    logp_all = torch.log_softmax(logits.double(), dim=-1)
+    return logp_all, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def test_fused_bf16_inputs_score_the_bf16_logits_the_sampler_sees():
+    """bf16 weights (FSDP mixed precision): the logits are the bf16 matmul that the model's own
+    lm_head computes when it samples; everything after it is fp32."""
     torch.manual_seed(0)
     hidden = (torch.randn(40, 32) * 0.5).bfloat16().requires_grad_()
     weight = (torch.randn(200, 32) * 0.5).bfloat16().requires_grad_()
@@ -59,28 +67,37 @@ def test_fused_bf16_inputs_accumulate_in_fp32():
     assert logp.dtype == torch.float32 and entropy.dtype == torch.float32
     (logp.sum() + entropy.sum()).backward()
     assert hidden.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.bfloat16
-    # against float64 on the same (bf16-rounded) inputs: only fp32 accumulation error remains
-    ref_logp, ref_ent, h64, w64 = naive64(hidden.float(), weight.float(), labels, 1.0)
-    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(entropy.double(), ref_ent.detach(), rtol=1e-5, atol=1e-5)
-    (ref_logp.sum() + ref_ent.sum()).backward()
-    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=2e-2)  # bf16 output
+    sampler_logits = torch.nn.functional.linear(hidden.detach(), weight.detach())  # (40, 200) bf16
+    ref_all, ref_ent = reference_from_logits(sampler_logits)
+    torch.testing.assert_close(logp.double(), ref_all.gather(1, labels[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), ref_ent, rtol=1e-5, atol=1e-5)
+    # the gradient is that of the fp32 math (bf16 storage of the result only)
+    ref_logp, ref_ent64, h64, _ = naive64(hidden.float(), weight.float(), labels, 1.0)
+    (ref_logp.sum() + ref_ent64.sum()).backward()
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=2e-2)
 
 
-def test_fused_stays_fp32_under_autocast():
-    """Under bf16 autocast (single-GPU training) the head must still accumulate in fp32."""
+def test_fused_under_autocast_matches_the_autocast_lm_head():
+    """Single-GPU training runs under bf16 autocast: the head multiplies in bf16 as an autocast
+    nn.Linear does (so the trainer scores what the sampler drew from), then works in fp32."""
     torch.manual_seed(0)
     hidden = (torch.randn(20, 16) * 0.5).requires_grad_()
     weight = (torch.randn(64, 16) * 0.5).requires_grad_()
     labels = torch.randint(0, 64, (20,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logp, entropy = fused_logprobs_and_entropy(hidden, weight, labels, 8)
+        sampler_logits = torch.nn.functional.linear(hidden.detach(), weight.detach())
+    assert sampler_logits.dtype == torch.bfloat16 and logp.dtype == torch.float32
+    ref_all, ref_ent = reference_from_logits(sampler_logits)
+    torch.testing.assert_close(logp.double(), ref_all.gather(1, labels[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy.double(), ref_ent, rtol=1e-5, atol=1e-5)
+    # and it is not the fp32 head: bf16 rounding of the logits is visible at this size
+    fp32_logp, _ = fused_logprobs_and_entropy(hidden.detach(), weight.detach(), labels, 8)
+    assert (fp32_logp - logp.detach()).abs().max() > 1e-4
     (logp.sum() + entropy.sum()).backward()
-    ref_logp, ref_ent, h64, _ = naive64(hidden, weight, labels, 1.0)
-    (ref_logp.sum() + ref_ent.sum()).backward()
-    torch.testing.assert_close(logp.double(), ref_logp.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(entropy.double(), ref_ent.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=1e-5, atol=1e-5)
+    ref_logp, ref_ent64, h64, _ = naive64(hidden, weight, labels, 1.0)
+    (ref_logp.sum() + ref_ent64.sum()).backward()
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=2e-2)
 
 
 def test_logits_entry_point_matches_reference_and_bf16():
@@ -178,3 +195,98 @@ def test_concat_of_different_widths_keeps_each_rows_logprobs(tiny_policy):
         T = part.completion_ids.shape[1]
         torch.testing.assert_close(logp[rows, :T] * part.loss_mask, alone * part.loss_mask,
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_sampler_ignores_the_checkpoints_generation_config(tiny_policy):
+    """Instruct checkpoints ship repetition_penalty, top_k, ...: rollouts must stay pure sampling,
+    so that the log-probs the sampler drew from are the ones the trainer computes."""
+    model, tok = tiny_policy
+    own = model.generation_config
+    model.generation_config = own.__class__(**own.to_dict())
+    model.generation_config.update(repetition_penalty=5.0, top_k=1, no_repeat_ngram_size=1)
+    try:
+        torch.manual_seed(5)
+        r = generate_rollouts(model, tok, ["1+2="] * 4, group_size=8, max_new_tokens=6)
+        assert model.generation_config.top_k == 1  # put back after the call
+    finally:
+        model.generation_config = own
+    assert len(set(r.completions)) > 1  # top_k=1 would make all 32 samples identical
+    logp, _ = policy_logprobs_and_entropy(model, r, micro_batch_size=16)
+    mask = r.loss_mask.bool()
+    assert r.sampler_logprobs.shape == logp.shape
+    assert (r.sampler_logprobs - logp)[mask].abs().max() < 1e-5  # a penalty of 5 would be far off
+
+
+def test_sampler_logprobs_include_temperature_and_top_p(tiny_policy):
+    model, tok = tiny_policy
+    torch.manual_seed(6)
+    r = generate_rollouts(model, tok, ["1+2=", "3="], group_size=8, max_new_tokens=5, temperature=0.7)
+    logp, _ = policy_logprobs_and_entropy(model, r, micro_batch_size=16, temperature=0.7)
+    mask = r.loss_mask.bool()
+    assert (r.sampler_logprobs - logp)[mask].abs().max() < 1e-5
+    truncated = generate_rollouts(model, tok, ["1+2=", "3="], group_size=8, max_new_tokens=5, top_p=0.5)
+    logp, _ = policy_logprobs_and_entropy(model, truncated, micro_batch_size=16)
+    mask = truncated.loss_mask.bool()
+    # top-p renormalises over the kept tokens: the sampler's log-probs are higher, never lower
+    assert ((truncated.sampler_logprobs - logp)[mask] > -1e-5).all()
+    assert (truncated.sampler_logprobs - logp)[mask].mean() > 0.05
+    both = concat_rollouts([r, truncated.select([0, 3])])
+    assert torch.equal(both.sampler_logprobs[-1, :5], truncated.sampler_logprobs[3])
+
+
+def test_stops_on_the_chat_templates_end_of_turn_token():
+    """A chat model ends its turn with a special token that is not its EOS (Qwen's <|im_end|>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from rollout import stop_token_ids
+
+    words = ["<pad>", "</s>", "<unk>", "<|im_end|>", "<|im_start|>", *"0123456789+="]
+    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                  additional_special_tokens=["<|im_end|>", "<|im_start|>"])
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>{% endif %}")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=64, pad_token_id=0, eos_token_id=1))
+    with torch.no_grad():  # make <|im_end|> (id 3) likely, </s> (id 1) never
+        model.lm_head.weight[3] = model.model.norm.weight.detach() * 3
+        model.lm_head.weight[1] = 0
+    assert stop_token_ids(tok, model) == [1, 3]
+    r = generate_rollouts(model, tok, ["1+2="], group_size=16, max_new_tokens=12)
+    ended = (r.completion_ids == 3).any(dim=1)
+    assert ended.any()
+    for row in range(16):  # the mask ends right after the first <|im_end|>
+        ids = r.completion_ids[row].tolist()
+        if 3 in ids:
+            assert r.loss_mask[row].sum().item() == ids.index(3) + 1
+
+
+def test_logprob_pass_keeps_only_the_final_hidden_state(tiny_policy):
+    """`output_hidden_states=True` would keep every layer's states alive (tens of GB at 7B)."""
+    model, tok = tiny_policy
+    torch.manual_seed(7)
+    r = generate_rollouts(model, tok, ["1+2=", "3+4+5="], group_size=2, max_new_tokens=4)
+    seen = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen.append((kwargs.get("output_hidden_states"), out.hidden_states))
+        return out
+
+    model.forward = spy
+    try:
+        logp, _ = policy_logprobs_and_entropy(model, r, micro_batch_size=4)
+    finally:
+        del model.forward
+    assert seen and all(flag is not True and states is None for flag, states in seen)
+    full = model(input_ids=r.input_ids, attention_mask=r.attention_mask,  # the reference: full logits
+                 position_ids=(r.attention_mask.cumsum(1) - 1).clamp(min=0)).logits.double()
+    T = r.completion_ids.shape[1]
+    ref = torch.log_softmax(full[:, -T - 1 : -1], -1).gather(2, r.completion_ids[..., None]).squeeze(2)
+    torch.testing.assert_close((logp * r.loss_mask).double(), ref * r.loss_mask, rtol=1e-5, atol=1e-5)

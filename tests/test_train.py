@@ -74,41 +74,149 @@ def test_variants_run(base_model, tmp_path, schedule, controller, loss):
     assert (rows[0]["entropy/target"] is None) == (schedule == "none")
 
 
-def test_torchrun_two_processes(base_model, tmp_path):
-    """FSDP2 over 2 CPU ranks (gloo): generation of different lengths per rank must not deadlock."""
-    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
-         "--max_new_tokens", "6", "--save_every", "2", *TINY], launcher=TORCHRUN)
+def test_torchrun_two_processes_real_default(tmp_path):
+    """`torchrun --nproc_per_node=2 train.py` at the real default (dynamic sampling on, 128 held-out
+    prompts x 16, the full warm start): it hung until killed before `synced_gpus=False` and the
+    collective dynamic-sampling decision."""
+    proc = run(["--out_dir", str(tmp_path), "--steps", "3", "--save_every", "2"], launcher=TORCHRUN, timeout=600)
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(r["tokens"] > 0 for r in rows)
+    assert max(r["sampling/rounds"] for r in rows) >= 1 and "eval/pass@16" in rows[-1]
+    assert all(r["rollout/logp_mismatch"] < 1e-4 for r in rows)  # fp32 on a CPU: sampler == trainer
+    assert "2 rank(s)" in proc.stdout
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "step_000003")
     assert model.config.architectures == ["Qwen2ForCausalLM"]
 
 
-def test_resume_after_sigkill_gives_continuous_metrics(base_model, tmp_path):
-    args = ["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "8",
-            "--save_every", "2", *TINY]
+def test_ranks_whose_work_differs_do_not_deadlock(tmp_path):
+    """Rank 1 needs every dynamic-sampling round, rank 0 only the first; held-out sets of 3 and 1
+    prompts over 2 ranks. Each rank calls `generate` a different number of times."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    path = tmp_path / "metrics.jsonl"
-    while time.time() < deadline:  # kill mid-run, after a checkpoint and some steps past it
-        if path.exists() and len(path.read_text().splitlines()) >= 5:
+    out = tmp_path / "uneven.json"
+    subprocess.run([*TORCHRUN, os.path.join(ROOT, "tests", "dist_uneven.py"), str(out)], check=True, env=env,
+                   capture_output=True, timeout=180)
+    rank0, rank1 = json.loads(out.read_text())
+    assert rank0["rounds"] == rank1["rounds"] == 3  # decided together
+    assert rank0["generate_calls"] == [4] and rank1["generate_calls"] == [4, 4, 4]  # a full rank idles
+    assert rank0["unfilled"] == 0 and rank1["unfilled"] == 4 and rank0["rows"] == rank1["rows"] == 16
+    for rank in (rank0, rank1):
+        assert rank["eval_3"]["correct"] == [4, 4, 4] and rank["eval_1"]["correct"] == [4]
+        assert rank["eval_1"]["pass@1"] == 1.0
+
+
+def tiny_model_and_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+="])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=32, pad_token_id=0, eos_token_id=1))
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    return model, tok
+
+
+def test_every_tensor_of_a_step_follows_the_models_device(monkeypatch):
+    """On a GPU a tensor built without `device=` lands on the CPU and the first update fails. Here
+    the default device is `meta` while the model sits on the CPU: any such tensor in steps 3-7
+    (rewards, advantages, old log-probs, loss, update) fails the same way. Only the tokenizer and
+    HF's own `generate` run with the default device put back."""
+    import random
+
+    import rollout
+    from loss import group_advantages
+
+    model, tok = tiny_model_and_tokenizer()
+    problems = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
+    cfg = train.Config(prompts_per_step=4, group_size=4, max_new_tokens=3, updates_per_step=2).resolved()
+
+    def generate_on_cpu(*args, **kwargs):
+        torch.set_default_device(None)
+        try:
+            return rollout.generate_rollouts(*args, **kwargs)
+        finally:
+            torch.set_default_device("meta")
+
+    monkeypatch.setattr(train, "generate_rollouts", generate_on_cpu)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch.set_default_device("meta")
+    try:
+        rollouts, rewards, _, _ = train.collect_rollouts(
+            model, tok, problems, [0, 1, 2, 3], cfg, random.Random(0), list(range(100)),
+            reward_fn=lambda completion, answer: float(len(completion) % 2))
+        advantages = group_advantages(rewards, cfg.group_size)
+        old_logprobs, _ = rollout.policy_logprobs_and_entropy(model, rollouts, 8)
+        stats = train.policy_update(model, optimizer, rollouts, old_logprobs, advantages, cfg,
+                                    {"clip_high": 0.28, "entropy_coef": 0.0, "adv_balance": 0.0},
+                                    torch.device("cpu"), 1)
+    finally:
+        torch.set_default_device(None)
+    assert rewards.device.type == "cpu" and advantages.device.type == "cpu"
+    assert stats["grad_norm"] > 0
+    assert all(p.grad is None for p in model.parameters())  # freed right after optimizer.step()
+
+
+def kill_after(args, launcher, out_dir, lines):
+    """Start train.py, SIGKILL it (launcher and workers: the whole process group) once metrics.jsonl
+    has `lines` lines; returns how many steps it had logged."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launcher, os.path.join(ROOT, "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    path = out_dir / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
             break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = len(metrics(tmp_path))
-    assert 5 <= killed_at < 8, "the run finished before it could be killed"
-    run([*args, "--resume"])
-    assert [r["step"] for r in metrics(tmp_path)] == list(range(8))  # none missing, none twice
-    assert (tmp_path / "checkpoints" / "latest").read_text() == "step_000008"
-    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "checkpoints").iterdir())
-    state = torch.load(tmp_path / "checkpoints" / "step_000008" / "trainer_state.pt", weights_only=False)
-    assert state["step"] == 8 and state["schedule"]["total_steps"] == 8
+    return len(metrics(out_dir))
+
+
+def same_run(straight, resumed, from_step):
+    """Every logged number of every step from `from_step` on is identical (wall times aside)."""
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    for a, b in zip(straight[from_step:], resumed[from_step:]):
+        differ = {k: (a[k], b.get(k)) for k in a if not k.startswith("time/") and a[k] != b.get(k)}
+        assert not differ, f"step {a['step']}: {differ}"
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, launcher):
+    """SIGKILL mid-run, --resume: the same prompts, samples and updates as a run never stopped.
+    Default config (dynamic sampling on: its refills draw from their own generator)."""
+    launch = (sys.executable,) if launcher == "python" else TORCHRUN
+    common = ["--model", str(base_model / "base_model"), "--steps", "7", *TINY, "--eval_prompts", "4"]
+    run([*common, "--out_dir", str(tmp_path / "straight"), "--save_every", "0"], launcher=launch)
+    killed = tmp_path / "killed"
+    args = [*common, "--out_dir", str(killed), "--save_every", "3"]
+    logged = kill_after(args, launch, killed, lines=5)
+    assert 5 <= logged < 7, "the run finished before it could be killed"
+    run([*args, "--resume"], launcher=launch)
+    straight, resumed = metrics(tmp_path / "straight"), metrics(killed)
+    assert any(r["sampling/rounds"] > 1 for r in straight[3:])  # the refills were exercised
+    same_run(straight, resumed, from_step=3)
+    assert (killed / "checkpoints" / "latest").read_text() == "step_000007"
+    assert not any(p.name.endswith(".tmp") for p in (killed / "checkpoints").iterdir())
+    state = torch.load(killed / "checkpoints" / "step_000007" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 7 and state["schedule"]["total_steps"] == 7
+    assert len(state["rng"]) == (1 if launcher == "python" else 2)
+
+
+def test_resume_on_another_number_of_ranks_says_so_and_goes_on(base_model, tmp_path):
+    args = ["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), *TINY, "--eval_prompts", "4"]
+    run([*args, "--steps", "2"])  # 1 process, checkpoint at step 2
+    proc = run([*args, "--steps", "4", "--resume"], launcher=TORCHRUN)
+    assert "was written by 1 rank(s) and resumes on 2" in proc.stdout
+    assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,0 +1,75 @@
+"""Two ranks whose work differs, under FSDP2 (tests/test_train.py runs this under torchrun; it
+must finish, not hang):
+  * dynamic sampling: rank 0's groups all have signal after one round, rank 1's never do, so
+    rank 1 wants every round and rank 0 none after the first;
+  * evaluation: held-out sets that do not split evenly (3 prompts) or leave a rank empty (1).
+
+    torchrun --standalone --nproc_per_node=2 tests/dist_uneven.py OUT.json
+"""
+import json
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+import train  # noqa: E402
+from eval_passk import evaluate_passk, summarize  # noqa: E402
+
+rank, world, device = train.setup_distributed()
+vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+="])}
+core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+core.decoder = decoders.Fuse()
+tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+torch.manual_seed(0)
+model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                     max_position_embeddings=64, pad_token_id=0, eos_token_id=1))
+model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+train.shard_model(model)
+torch.manual_seed(rank)  # the ranks sample different lengths, so their generate calls differ too
+problems = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
+cfg = train.Config(prompts_per_step=8, group_size=4, max_new_tokens=12, max_sampling_rounds=3).resolved()
+calls = []
+real_generate = train.generate_rollouts
+
+
+def counting_generate(*args, **kwargs):
+    calls.append(len(args[2]))
+    return real_generate(*args, **kwargs)
+
+
+train.generate_rollouts = counting_generate
+
+
+def reward(completion, answer, position=iter(range(10**6))):
+    """Rank 0: 0, 1, 0, 1, ... (every group has signal); rank 1: always 0 (no group has)."""
+    return float(next(position) % 2) if rank == 0 else 0.0
+
+
+with train.generation_mode(model):
+    rollouts, rewards, indices, stats = train.collect_rollouts(
+        model, tok, problems, list(range(4 * rank, 4 * rank + 4)), cfg, random.Random(rank),
+        list(range(100)), reward_fn=reward)
+out = {"rank": rank, "rounds": stats["sampling/rounds"], "generate_calls": calls,
+       "unfilled": stats["groups/unfilled"], "rows": rollouts.completion_ids.shape[0]}
+for n_prompts in (3, 1):  # 3 prompts over 2 ranks: 2 + 1; 1 prompt: rank 1 gets none
+    held_out = problems[:n_prompts]
+    with train.generation_mode(model):
+        result = evaluate_passk(model, tok, held_out[rank::world], lambda c, a: 1.0, 4, [1, 4], 12,
+                                prompts_per_batch=1)
+    correct = train.all_gather_list(result["correct"])
+    out[f"eval_{n_prompts}"] = {"correct": correct, **summarize(correct, 4, [1, 4])}
+gathered = train.all_gather_list([out])
+if rank == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(gathered, f)
+del model  # it holds the process group: free it first (see train.main)
+dist.barrier()
+dist.destroy_process_group()
