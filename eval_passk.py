@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--answer_field", default="answer")
     parser.add_argument("--chat_template", default="auto", choices=["auto", "none"])
     parser.add_argument("--system_prompt", default=None, help="instruction put before each problem")
+    parser.add_argument("--verifier", default="auto", choices=["builtin", "math-verify", "auto"],
+                        help="auto: math-verify when installed, else the built-in rule")
     parser.add_argument("--n", "--num_samples", dest="n", type=int, default=16,
                         help="samples per problem (under torchrun write --num_samples: torchrun "
                              "itself takes --n as a prefix of its own --nnodes)")
@@ -121,10 +123,16 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import torch.distributed as dist
 
-    from reward import load_problems, math_reward
+    from reward import load_problems, make_verifier
     from rollout import format_prompts, load_policy, setup_distributed  # as training loads and templates
 
+    try:
+        reward_fn, verifier_note = make_verifier(args.verifier)
+    except ValueError as e:  # math-verify asked for but not installed: say how to fix it
+        parser.error(str(e))
     rank, world, device = setup_distributed()
+    if rank == 0:
+        print(f"verifier: {verifier_note}", flush=True)
     distributed = dist.is_initialized()
     torch.manual_seed(args.seed + rank)
     # each rank holds a whole copy (no optimizer, no gradients): bf16 on a GPU, fp32 on a CPU
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"pass@k of {args.model}: {len(problems)} prompts x {args.n} samples x <= {max_new} tokens, "
               f"over {world} rank(s) on {device.type}", flush=True)
     mine = problems[rank::world]  # any split: a rank may get fewer prompts, or none
-    result = evaluate_passk(model, tokenizer, mine, math_reward, args.n, ks, max_new,
+    result = evaluate_passk(model, tokenizer, mine, reward_fn, args.n, ks, max_new,
                             args.temperature, args.top_p, args.prompts_per_batch, progress=rank == 0)
     if distributed:  # gather every rank's counts; re-interleave into the original problem order
         gathered = [None] * world

@@ -54,7 +54,7 @@ from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingE
                               schedule_for_goal)
 from eval_passk import evaluate_passk, summarize
 from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
-from reward import DataError, load_problems, math_reward, overlong_penalty
+from reward import DataError, load_problems, make_verifier, math_reward, overlong_penalty
 from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, load_policy,
                      policy_logprobs_and_entropy, sequence_logprobs_and_entropy,
                      setup_distributed, stop_token_ids)
@@ -104,6 +104,8 @@ class Config:
     """auto: apply the tokenizer's chat template when it has one; none: raw prompts"""
     system_prompt: str | None = None
     """instruction before each problem; None: ask for \\boxed{} on real data, nothing on arithmetic"""
+    verifier: str = "auto"
+    """builtin | math-verify | auto (math-verify when installed, else the built-in rule)"""
 
     # --- rollouts
     prompts_per_step: int = 32
@@ -231,6 +233,8 @@ def validate(cfg: Config, world_size: int) -> None:
     need(cfg.adv_scale in ("std", "none"), f"--adv_scale must be std or none, got {cfg.adv_scale!r}")
     need(cfg.anneal_shape in ("linear", "cosine"), f"--anneal_shape must be linear or cosine")
     need(cfg.chat_template in ("auto", "none"), f"--chat_template must be auto or none")
+    need(cfg.verifier in ("builtin", "math-verify", "auto"),
+         f"--verifier must be builtin, math-verify or auto, got {cfg.verifier!r}")
     need(cfg.group_size >= 2, f"--group_size must be >= 2 (group-relative advantages need a group), got {cfg.group_size}")
     need(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
     need(cfg.prompts_per_step >= world_size and cfg.prompts_per_step % world_size == 0,
@@ -682,12 +686,23 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
 
 
 # ============================================================================ the loop
+NO_SIGNAL_WARN_STEPS = 5
+NO_SIGNAL_MESSAGE = (
+    "for {steps} steps in a row every group's samples got the same reward (all wrong, or all right): "
+    "no gradient at all. Usually the reward never fires: check that --answer_field holds the reference "
+    "answers, that the model writes its answer in a form the verifier reads (\\boxed{{...}}, '#### 42', "
+    "'Answer: 42'; see --system_prompt and --chat_template), that --max_new_tokens does not cut answers "
+    "off, and that the task is neither far too hard nor too easy for this model. Verifier: {verifier}")
+
 def main(argv: list[str] | None = None) -> None:
     rank, world_size, device = setup_distributed()
     hf_logging.disable_progress_bar()  # our own bars only
     try:
         cfg = parse_config(sys.argv[1:] if argv is None else argv).resolved()
         validate(cfg, world_size)
+        reward_fn, verifier_note = make_verifier(cfg.verifier)
+        if rank == 0:
+            print(f"verifier: {verifier_note}", flush=True)  # the first line: who scores this run
         train_problems, held_out = load_data(cfg)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         if rank == 0:
@@ -771,7 +786,6 @@ def main(argv: list[str] | None = None) -> None:
         with open(metrics_path, "w") as f:
             f.writelines(keep)
     ks = [int(k) for k in cfg.eval_k.split(",")]
-    reward_fn = math_reward
 
     def evaluate(step: int) -> dict:
         """pass@k and entropy on the held-out set, prompts split across ranks (any split: a rank
@@ -793,6 +807,7 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     G = cfg.group_size
+    no_signal_steps = 0  # consecutive steps in which no group had any reward variance
     pool = list(range(len(train_problems)))
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL",
                disable=rank != 0, dynamic_ncols=True)
@@ -823,8 +838,12 @@ def main(argv: list[str] | None = None) -> None:
         sums = all_reduce_sum([float((entropy * mask).sum()), float(mask.sum()),
                                sample_stats.pop("reward_sum"), float(rewards.numel()),
                                sample_stats.pop("accuracy_sum"), float(rewards.sum()),
-                               float(mismatch.sum())], device)
+                               float(mismatch.sum()), sample_stats.pop("groups/zero_std_frac")], device)
         measured_entropy, tokens = sums[0] / sums[1], sums[1]
+        zero_std_frac = sums[7] / world_size  # every rank has the same number of groups
+        no_signal_steps = no_signal_steps + 1 if zero_std_frac == 1.0 else 0
+        if no_signal_steps == NO_SIGNAL_WARN_STEPS and rank == 0:
+            warnings.warn(NO_SIGNAL_MESSAGE.format(steps=no_signal_steps, verifier=verifier_note))
         # 6. entropy control: the schedule gives H*(step), the controller the knob for this update
         if schedule is None:  # first step: targets may be relative to the entropy measured now
             schedule = make_schedule(cfg, measured_entropy)
@@ -853,7 +872,7 @@ def main(argv: list[str] | None = None) -> None:
                   "entropy/knob_name": controller.name, "entropy/track_err": track_err,
                   **{f"entropy/track_err_{p}": v for p, v in tracker.summary().items()},
                   **update_stats, "response_length/mean": tokens / sums[3], "tokens": tokens,
-                  "rollout/logp_mismatch": sums[6] / sums[1],
+                  "rollout/logp_mismatch": sums[6] / sums[1], "groups/zero_std_frac": zero_std_frac,
                   **sample_stats, "curriculum/phase": phase, **curriculum.stats(),
                   "nonfinite_skipped": skipped_total, "time/rollout_s": rollout_s,
                   "time/update_s": update_s, "time/step_s": time.time() - t_step, **eval_metrics}

@@ -123,8 +123,10 @@ def test_eval_passk_runs_copied_with_rollout_and_reward_alone(llama_dir, data_fi
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     proc = subprocess.run([sys.executable, "eval_passk.py", "--model", str(llama_dir), "--dataset", str(data_file),
                            "--prompt_field", "question", "--n", "2", "--k", "1,2", "--max_new_tokens", "4",
-                           "--limit", "3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                           "--limit", "3", "--verifier", "builtin"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0] == "verifier: built-in rule"
     assert "3 prompts x 2 samples x <= 4 tokens" in proc.stdout and "pass@2" in proc.stdout
 
 

@@ -22,8 +22,8 @@ REQUIRED_KEYS = {"step", "reward/mean", "entropy", "entropy/target", "entropy/kn
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def run(args, launcher=(sys.executable,), check=True, timeout=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+def run(args, launcher=(sys.executable,), check=True, timeout=300, env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([*launcher, os.path.join(ROOT, "train.py"), *args], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT)
     if check and proc.returncode != 0:
@@ -314,3 +314,38 @@ def test_nonfinite_gradient_skips_the_update_and_keeps_weights():
     after = model.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the second update did happen
+
+
+@pytest.fixture
+def no_math_verify(tmp_path):
+    """A PYTHONPATH on which `import math_verify` fails, as on a machine without the package."""
+    stub = tmp_path / "hide" / "math_verify"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('hidden by a test')\n")
+    return {"PYTHONPATH": str(tmp_path / "hide")}
+
+
+def test_first_line_says_which_verifier_scores(base_model, tmp_path, no_math_verify):
+    args = ["--model", str(base_model / "base_model"), "--steps", "1", "--save_every", "0", *TINY]
+    proc = run([*args, "--out_dir", str(tmp_path / "a"), "--verifier", "auto"], env=no_math_verify)
+    assert proc.stdout.splitlines()[0] == "verifier: built-in rule (math-verify not installed)"
+    proc = run([*args, "--out_dir", str(tmp_path / "b"), "--verifier", "builtin"])
+    assert proc.stdout.splitlines()[0] == "verifier: built-in rule"
+
+
+def test_math_verify_asked_for_but_missing_fails_at_start(tmp_path, no_math_verify):
+    proc = run(["--out_dir", str(tmp_path), "--verifier", "math-verify"], check=False, timeout=60,
+               env=no_math_verify)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--verifier math-verify" in proc.stderr and "pip install math-verify" in proc.stderr
+
+
+def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
+    """A wrong --answer_field (here: every reference is 'x') gives zero reward to every sample."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": "x"}) + "\n" for a in range(10)))
+    proc = run(["--model", str(base_model / "base_model"), "--dataset", str(data), "--out_dir", str(tmp_path / "r"),
+                "--steps", "6", "--save_every", "0", "--chat_template", "none", "--system_prompt", "",
+                "--max_new_tokens", "4", *TINY])
+    assert proc.stderr.count("for 5 steps in a row every group's samples got the same reward") == 1
+    assert "--answer_field" in proc.stderr
