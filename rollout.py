@@ -146,20 +146,24 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     """(rank, world_size, device) of this process; torchrun sets RANK, WORLD_SIZE and LOCAL_RANK.
 
     One GPU per rank (NCCL, `device_id` pinned so collectives never touch another rank's GPU),
-    gloo on CPU. Without torchrun: one process, the first GPU if there is one.
+    gloo on CPU. Without torchrun: one process, the first GPU if there is one. The collective
+    timeout is 30 minutes, not NCCL's 10: the other ranks wait in a barrier while rank 0 writes a
+    full checkpoint, which takes minutes for a 7B model on a slow disk.
     """
+    import datetime
     import os
 
     import torch.distributed as dist
 
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    timeout = datetime.timedelta(minutes=30)
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
         return dist.get_rank(), dist.get_world_size(), device
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
 
 

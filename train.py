@@ -357,6 +357,14 @@ def shard_model(model) -> None:
     fully_shard(model, mp_policy=mp)
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5; the old name is deprecated
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 @contextlib.contextmanager
 def generation_mode(model):
     """Gather the full parameters once, generate with no collectives, shard again.
@@ -724,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_policy(model_path, device)
     num_params = sum(p.numel() for p in model.parameters())
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO's prompts carry their own
         cfg.system_prompt = "Please reason step by step, and put your final answer within \\boxed{}."
     train_problems = format_prompts(train_problems, tokenizer, cfg.chat_template, cfg.system_prompt)
@@ -786,6 +794,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(metrics_path, "w") as f:
             f.writelines(keep)
     ks = [int(k) for k in cfg.eval_k.split(",")]
+    # evaluation generates as many sequences at once as a rollout batch does (same memory)
+    eval_prompts_per_batch = max(1, cfg.prompts_per_step // world_size * cfg.group_size // cfg.eval_n)
 
     def evaluate(step: int) -> dict:
         """pass@k and entropy on the held-out set, prompts split across ranks (any split: a rank
@@ -796,8 +806,8 @@ def main(argv: list[str] | None = None) -> None:
         with generation_mode(model):
             result = evaluate_passk(model, tokenizer, held_out[rank::world_size], reward_fn,
                                     cfg.eval_n, ks, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                    chunk_size=cfg.logprob_chunk_size, micro_batch_size=cfg.micro_batch_size,
-                                    progress=rank == 0, stop_ids=stop_ids)
+                                    prompts_per_batch=eval_prompts_per_batch, chunk_size=cfg.logprob_chunk_size,
+                                    micro_batch_size=cfg.micro_batch_size, progress=rank == 0, stop_ids=stop_ids)
         correct = all_gather_list(result["correct"])
         entropy = all_reduce_sum([result["entropy"] * result["tokens"], result["tokens"]], device)
         out = {f"eval/{k}": v for k, v in summarize(correct, cfg.eval_n, ks).items()}

@@ -349,3 +349,15 @@ def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
                 "--max_new_tokens", "4", *TINY])
     assert proc.stderr.count("for 5 steps in a row every group's samples got the same reward") == 1
     assert "--answer_field" in proc.stderr
+
+
+def test_rl_step_benchmark_runs_on_a_cpu():
+    """benchmarks/rl_step.py at its smallest: the same code path it measures at real sizes on GPUs."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rl_step.py"), "--shape", "tiny",
+                           "--prompts", "2", "--group_size", "2", "--max_new_tokens", "4", "--prompt_len", "8",
+                           "--updates_per_step", "1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    assert {"rollout", "update", "step"} <= set(rows)
+    assert float(rows["step"][3]) > 0  # tokens/s
