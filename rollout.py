@@ -16,14 +16,24 @@ temperature). One logsumexp serves both: that is the "fused" part. The logits ar
 
         dL/dz = dlogp * (onehot(y) - p) - dH * p * (log p + H),   then / T.
 
-`generate_rollouts` samples `group_size` completions per prompt with KV-cached `model.generate`
-and returns a `Rollouts` batch whose loss mask keeps each completion up to and including its first
-EOS (never derived from token == pad_id: pad is often EOS). `policy_logprobs_and_entropy` runs the
-policy over such a batch through the fused path, in micro-batches.
+The logits are multiplied in the precision the sampler's lm_head uses (bf16 on GPUs, fp32 on a
+CPU); everything after that matmul is fp32. So the trainer scores the distribution the sampler drew
+from, up to kernel differences that `sampler_mismatch` measures.
 
-Left out: vLLM/SGLang generation (HF generate is slower but is the same model object that trains,
-which keeps this file short and exact); lm_heads with a bias or logit soft-capping (Gemma 2)
-fall back to full logits.
+The rest is the policy's side of the RL loop:
+  * `setup_distributed`, `load_policy`, `format_prompts`, `stop_token_ids`: one GPU per rank, any HF
+    causal LM with its tokenizer, chat-templated prompts, and every token that ends a turn.
+  * `generate_rollouts` samples `group_size` completions per prompt with KV-cached `model.generate`,
+    pure temperature / top-p (the checkpoint's own generation_config is set aside), records the
+    sampler's log-prob of every token, and returns a `Rollouts` batch whose loss mask keeps each
+    completion up to and including its first stop token (never derived from token == pad_id: pad
+    is often EOS).
+  * `policy_logprobs_and_entropy` runs the policy over such a batch through the fused path, in
+    micro-batches, keeping only the final hidden state.
+
+eval_passk.py needs only this file and reward.py. Left out: vLLM/SGLang generation (HF generate is
+slower but is the same model object that trains, which keeps this file short and exact); lm_heads
+with a bias or logit soft-capping (Gemma 2) fall back to full logits.
 """
 from __future__ import annotations
 
