@@ -70,6 +70,48 @@ def test_adversarial_completions_are_safe_and_fast(completion):
     assert time.perf_counter() - start < 0.5  # the bound the verifier guarantees
 
 
+ADVERSARIAL_STRUCTURES = [  # (completion, reference): the tuple / set / sqrt paths on junk
+    (r"\boxed{(" + "1," * 4_900 + "1)}", "(1, 2)"),  # 4.9k elements: over MAX_ELEMENTS, text
+    (r"\boxed{" + "1," * 25_000 + "}", "1, 2"),  # 50k commas, cut to the last 10k characters
+    (r"\boxed{" + "(" * 4_900 + "1" + ")" * 4_900 + "}", "1"),  # 10k nested parentheses
+    (r"\boxed{" + "(1," * 3_000 + "1" + ")" * 3_000 + "}", "(1, 2)"),  # 3k nested tuples
+    (r"\boxed{" + "[" * 3_000 + "1" + ")" * 3_000 + "}", "[1, 2)"),
+    (r"\boxed{" + r"\{" * 3_000 + "}", r"\{1\}"),  # unbalanced sets
+    (r"\boxed{" + r"\sqrt" * 2_000 + "3}", r"\sqrt{3}"),
+    (r"\boxed{" + r"\sqrt{" * 2_000 + "3" + "}" * 2_000 + "}", r"\sqrt{3}"),
+    (r"\boxed{" + r"\frac" * 2_000 + "12}", "0.5"),
+    (r"\boxed{" + r"\text{" * 2_000 + "5" + "}" * 2_000 + "}", "5"),
+    (r"\boxed{(-\infty,1)" + r"\cup(2,3)" * 1_000 + "}", r"(-\infty,1)\cup(2,3)"),
+    (r"\boxed{1}" * 1_000, "1, 1"),  # many boxes
+    (r"\boxed{1}" * 32, ", ".join(["1"] * 32)),  # as many boxes as listed values: all compared
+    (r"\boxed{5 " + "cm " * 3_000 + "}", "5"),
+    (r"\boxed{0." + "3" * 60 + "}", "1/3"),
+    (r"\boxed{1}", "(" * 10_000),  # the reference is junk too
+    (r"\boxed{1}", ",".join(["(1, 2)"] * 2_000)),
+]
+
+
+@pytest.mark.parametrize("completion, reference", ADVERSARIAL_STRUCTURES,
+                         ids=[f"structure{i}" for i in range(len(ADVERSARIAL_STRUCTURES))])
+def test_adversarial_structures_are_safe_and_fast(completion, reference):
+    start = time.perf_counter()
+    assert math_reward(completion, reference) in (0.0, 1.0)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_nested_sets_in_any_order_are_equal_and_fast():
+    def set_of(items):
+        return r"\{" + ", ".join(items) + r"\}"
+
+    numbers = [str(i) for i in range(30)]
+    completion = r"\boxed{" + set_of([set_of(numbers)] * 30) + "}"  # 30 sets of 30 numbers
+    reference = set_of([set_of(numbers[::-1])] * 30)
+    start = time.perf_counter()
+    assert math_reward(completion, reference) == 1.0
+    assert math_reward(completion, reference.replace("29", "31", 1)) == 0.0
+    assert time.perf_counter() - start < 0.5
+
+
 def test_non_string_completion_scores_zero():
     assert math_reward(None, "5") == 0.0
     assert math_reward(b"\x00\xff", "5") == 0.0
