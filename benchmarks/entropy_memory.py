@@ -2,6 +2,7 @@
 
     python benchmarks/entropy_memory.py                      # N=4096, H=896, V=151936 (Qwen2.5-0.5B), fp32
     python benchmarks/entropy_memory.py --n 1024 --vocab 32000 --device cuda --dtype bfloat16
+    python benchmarks/entropy_memory.py --n 16384 --hidden 1536 --device cuda --dtype bfloat16 --liger
 
 Each variant runs in a fresh process (this script calls itself with --variant), so that one's
 allocations cannot inflate the other's peak. On CPU the peak is the process's max RSS
@@ -11,6 +12,9 @@ logp, entropy and both gradients against each other.
 
 naive:  logits = h @ W.T; log_softmax; gather; entropy = -(p * logp).sum(); backward
 fused:  rollout.fused_logprobs_and_entropy(h, W, labels, chunk_size)   (never holds N x V)
+liger:  Liger-Kernel's LigerFusedLinearCrossEntropyLoss(reduction="none") = -logp per token, with
+        --liger when liger-kernel is installed (Triton: GPUs only). It computes no entropy, so it
+        does less work than the other two; its logp is compared, its gradients are not.
 """
 import argparse
 import json
@@ -50,14 +54,20 @@ def run_variant(args) -> dict:
     else:
         base = rss_mb()
     start = time.perf_counter()
-    if args.variant == "naive":
+    if args.variant == "liger":
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # optional
+
+        logp = -LigerFusedLinearCrossEntropyLoss(reduction="none")(weight, hidden, labels).float()
+        entropy = torch.zeros_like(logp)  # Liger computes none
+    elif args.variant == "naive":
         logits = hidden @ weight.T  # (N, V)
         logp_all = torch.log_softmax(logits.float(), dim=-1)
         logp = logp_all.gather(1, labels[:, None]).squeeze(1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
     else:
         logp, entropy = fused_logprobs_and_entropy(hidden, weight, labels, args.chunk_size)
-    ((logp * g_logp).sum() + (entropy * g_ent).sum()).backward()
+    ((logp * g_logp).sum() + (entropy * g_ent).sum()).backward() if args.variant != "liger" else \
+        (logp * g_logp).sum().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -80,18 +90,24 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="runs per variant (min time reported)")
-    parser.add_argument("--variant", choices=["naive", "fused"], help=argparse.SUPPRESS)
+    parser.add_argument("--liger", action="store_true", help="also Liger-Kernel's fused linear CE (GPU)")
+    parser.add_argument("--variant", choices=["naive", "fused", "liger"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
     results = {}
-    for variant in ("naive", "fused"):
+    for variant in ("naive", "fused", "liger") if args.liger else ("naive", "fused"):
         runs = []
         for _ in range(args.repeats):
             out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", variant],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{variant}: failed ({out.stderr.strip().splitlines()[-1] if out.stderr.strip() else '?'})")
+                break
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if not runs:
+            continue
         results[variant] = min(runs, key=lambda r: r["seconds"])
         results[variant]["peak_mb"] = max(r["peak_mb"] for r in runs)
     naive, fused = results["naive"], results["fused"]
@@ -102,12 +118,18 @@ def main():
     print(f"N={args.n} H={args.hidden} V={args.vocab} {args.dtype} on {args.device}, "
           f"chunk {args.chunk_size}, forward + backward, {torch.get_num_threads()} threads")
     print(f"{'variant':<8}{'time (s)':>10}{'peak (MB)':>12}{'extra (MB)':>12}")
-    for r in (naive, fused):
+    for r in results.values():
         print(f"{r['variant']:<8}{r['seconds']:>10.2f}{r['peak_mb']:>12.0f}{r['extra_mb']:>12.0f}")
     print(f"fused / naive: time {fused['seconds'] / naive['seconds']:.2f}x, "
           f"peak memory {fused['peak_mb'] / naive['peak_mb']:.1%}, "
           f"extra memory {fused['extra_mb'] / naive['extra_mb']:.1%}")
     print("max |naive - fused|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    if "liger" in results:
+        liger = results["liger"]
+        print(f"liger / fused: time {liger['seconds'] / fused['seconds']:.2f}x, "
+              f"peak memory {liger['peak_mb'] / fused['peak_mb']:.1%} (logp only, no entropy); "
+              f"max |naive - liger| logp "
+              f"{(torch.tensor(naive['logp']) - torch.tensor(liger['logp'])).abs().max().item():.1e}")
 
 
 if __name__ == "__main__":
