@@ -12,26 +12,17 @@ import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 import train  # noqa: E402
 from eval_passk import evaluate_passk, summarize  # noqa: E402
+from tiny import tiny_policy  # noqa: E402
 
 rank, world, device = train.setup_distributed()
-vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+="])}
-core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-core.decoder = decoders.Fuse()
-tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-torch.manual_seed(0)
-model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                     max_position_embeddings=64, pad_token_id=0, eos_token_id=1))
-model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+model, tok = tiny_policy(max_positions=64)
 train.shard_model(model)
 torch.manual_seed(rank)  # the ranks sample different lengths, so their generate calls differ too
 problems = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
@@ -73,3 +64,8 @@ if rank == 0:
 del model  # it holds the process group: free it first (see train.main)
 dist.barrier()
 dist.destroy_process_group()
+# Under a loaded CPU, gloo sometimes aborts in a C++ destructor at interpreter exit ("terminate called
+# without an active exception"; pytorch/pytorch PR 179291), after everything above is done and
+# written. This harness checks hangs and results, not torch's teardown: leave without destructors.
+sys.stdout.flush()
+os._exit(0)

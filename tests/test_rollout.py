@@ -125,21 +125,9 @@ def test_completion_mask_keeps_first_eos():
 
 @pytest.fixture(scope="module")
 def tiny_policy():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from tiny import tiny_policy as build
 
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+="])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
-                                  unk_token="<unk>")
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=32, pad_token_id=0, eos_token_id=1))
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
-    return model, tok
+    return build()
 
 
 def test_rollouts_shapes_groups_and_mask(tiny_policy):

@@ -107,23 +107,6 @@ def test_ranks_whose_work_differs_do_not_deadlock(tmp_path):
         assert rank["eval_1"]["pass@1"] == 1.0
 
 
-def tiny_model_and_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+="])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=32, pad_token_id=0, eos_token_id=1))
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
-    return model, tok
-
-
 def test_every_tensor_of_a_step_follows_the_models_device(monkeypatch):
     """On a GPU a tensor built without `device=` lands on the CPU and the first update fails. Here
     the default device is `meta` while the model sits on the CPU: any such tensor in steps 3-7
@@ -134,7 +117,9 @@ def test_every_tensor_of_a_step_follows_the_models_device(monkeypatch):
     import rollout
     from loss import group_advantages
 
-    model, tok = tiny_model_and_tokenizer()
+    from tiny import tiny_policy
+
+    model, tok = tiny_policy()
     problems = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10) for b in range(10)]
     cfg = train.Config(prompts_per_step=4, group_size=4, max_new_tokens=3, updates_per_step=2).resolved()
 
