@@ -9,7 +9,7 @@
 One RL step, top to bottom (the numbers match README "How entropy scheduling works"):
   1. prompts      curriculum.TwoPhaseCurriculum.sample      (phase from the entropy schedule)
   2. rollouts     rollout.generate_rollouts                 (HF generate, G completions per prompt)
-  3. rewards      reward.math_reward (+ reward.overlong_penalty)
+  3. rewards      reward.make_verifier(--verifier) (+ reward.overlong_penalty)
   4. advantages   loss.group_advantages                     (+ DAPO dynamic sampling)
   5. old log-probs and entropy   rollout.policy_logprobs_and_entropy   (fused, chunked)
   6. control      entropy_schedule: target H*(s), controller.update(H_s, H*) -> knob
