@@ -909,12 +909,52 @@ def main(argv: list[str] | None = None) -> None:
         with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"done: {json.dumps(summary)}; metrics in {metrics_path}")
+        with open(metrics_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        print(text_plot({"-": [r["entropy/target"] for r in rows], "*": [r["entropy"] for r in rows]},
+                        "entropy (*) and its target (-), nats"))
+        print(text_plot({"*": [r["reward/mean"] for r in rows]}, "mean reward (*)"))
         plot_metrics(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
     if dist.is_initialized():  # free what holds the process group first: its threads must not
         del model, ref_model, optimizer  # outlive it into interpreter shutdown (a gloo abort)
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+
+
+def text_plot(series: dict[str, list], title: str, width: int = 60, height: int = 8) -> str:
+    """A plain-character plot of a few series over the steps (no dependency): each column averages
+    its steps, each series draws with its own mark; None values are skipped.
+
+    >>> print(text_plot({"*": [0.0, 0.5, 1.0, 1.0]}, "demo", width=4, height=3))
+    demo
+       1.000 |  **
+       0.500 | *
+       0.000 |*
+             +----
+              step 0 .. 3
+    """
+    steps = max(len(values) for values in series.values())
+    known = [v for values in series.values() for v in values if v is not None]
+    if not known or steps == 0:
+        return title + ": nothing to plot"
+    low, high = min(known), max(known)
+    span = (high - low) or 1.0
+    width = min(width, steps)
+    grid = [[" "] * width for _ in range(height)]
+    for mark, values in series.items():
+        for col in range(width):
+            chunk = [v for v in values[col * steps // width : (col + 1) * steps // width] if v is not None]
+            if chunk:
+                row = round((sum(chunk) / len(chunk) - low) / span * (height - 1))
+                grid[height - 1 - row][col] = mark
+    lines = [title]
+    for r, cells in enumerate(grid):
+        label = f"{high - r * span / (height - 1):8.3f}" if height > 1 else f"{high:8.3f}"
+        lines.append((f"{label} |" + "".join(cells)).rstrip())
+    lines.append(" " * 9 + "+" + "-" * width)
+    lines.append(" " * 10 + f"step 0 .. {steps - 1}")
+    return "\n".join(lines)
 
 
 def plot_metrics(metrics_path: str, png_path: str) -> None:

@@ -85,6 +85,7 @@ def test_torchrun_two_processes_real_default(tmp_path):
     assert max(r["sampling/rounds"] for r in rows) >= 1 and "eval/pass@16" in rows[-1]
     assert all(r["rollout/logp_mismatch"] < 1e-4 for r in rows)  # fp32 on a CPU: sampler == trainer
     assert "2 rank(s)" in proc.stdout
+    assert "entropy (*) and its target (-), nats" in proc.stdout and "mean reward (*)" in proc.stdout
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "step_000003")
