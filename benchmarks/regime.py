@@ -1,0 +1,220 @@
+"""Is a configuration in the regime the paper studies? Issue 10's checks R1-R3, measured.
+
+    python benchmarks/regime.py                     # 3 seeds x 5 runs of 200 steps, one at a time
+    python benchmarks/regime.py --quick             # 1 seed x 5 runs of 60 steps, 64 held-out prompts
+    python benchmarks/regime.py --seeds 0 1 2 -- --lr 3e-4 --updates_per_step 8   # + train.py flags
+    python benchmarks/regime.py --only r1 r2 --seeds 0 --steps 100 -- --eval_prompts 64
+
+Everything after `--` goes to every train.py run unchanged. Each run is one train.py subprocess
+with OMP_NUM_THREADS=1, one at a time, in runs/regime/<tag>/seed<S>/<run> (the tag names the flags
+and the step count); a finished run (summary.json written) is read, not redone (--rerun redoes it).
+Measured on 2 cores: a 200-step run of the embedded default takes 95 s (GRPO) at one thread, so
+the full benchmark (3 seeds x 5 runs) about 25 minutes.
+
+The runs of one seed (all from the same base model: the first run warm-starts it, train.py's
+embedded default, and the others load it with --model <first run>/base_model):
+
+    grpo       --loss grpo --schedule none                              R1, R2
+    eps-low    --loss dapo --schedule none --clip_high 0.05             R3, the knob's authority
+    eps-high   --loss dapo --schedule none --clip_high 1.0              (the ends of PIDController's range)
+    pid-const  --loss dapo --schedule constant --controller pid         R3, PID tracking a constant
+    pid-sa     --loss dapo --schedule stable-anneal --controller pid    R3, PID tracking stable-anneal
+
+The requirements of issue 10, checked per seed; a requirement PASSES when every seed passes it.
+H_0 is the mean token entropy of the step-0 rollouts, H_end the mean over the last 10% of steps,
+reward rises when its mean over the last 10% of steps is above that over the first 10%.
+
+    R1 collapse   grpo: H_end <= 0.40 H_0 while the training reward rises
+    R2 headroom   the base model (grpo's step-0 eval): held-out pass@1 in [0.1, 0.4], pass@16 <= 0.85
+    R3 knob       |H_end(eps-high) - H_end(eps-low)| >= 0.30 H_0. The sign is printed: "+" when the
+                  larger eps_high ends with the higher entropy, as the paper's PID assumes (arXiv
+                  2509.26114 shows it can be "-"); a "-" knob cannot be tracked by that PID.
+    R3 tracking   pid-const: track_err_stable <= 0.10; pid-sa: stable <= 0.10 and anneal <= 0.20
+                  (train.py's running means of |H - H*| / H* per phase, last step of the run)
+    R4 budget     printed, not judged here: wall time of every run and of the whole benchmark
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from entropy_schedule import PIDController  # noqa: E402  (the knob's range: its low and high ends)
+
+EPS_LOW, EPS_HIGH = PIDController().low, PIDController().high
+RUNS = {
+    "grpo": ["--loss", "grpo", "--schedule", "none"],
+    "eps-low": ["--loss", "dapo", "--schedule", "none", "--clip_high", str(EPS_LOW)],
+    "eps-high": ["--loss", "dapo", "--schedule", "none", "--clip_high", str(EPS_HIGH)],
+    "pid-const": ["--loss", "dapo", "--schedule", "constant", "--controller", "pid"],
+    "pid-sa": ["--loss", "dapo", "--schedule", "stable-anneal", "--controller", "pid"],
+}
+NEEDS = {"r1": ["grpo"], "r2": ["grpo"], "r3knob": ["eps-low", "eps-high"], "r3pid": ["pid-const", "pid-sa"]}
+
+
+# ----------------------------------------------------------------------------- running train.py
+def run(name: str, seed: int, base: str | None, args) -> dict:
+    """One train.py run (or the one already on disk), summarised from its metrics.jsonl."""
+    out_dir = os.path.join(args.out_dir, f"seed{seed}", name)
+    metrics = os.path.join(out_dir, "metrics.jsonl")
+    done = os.path.exists(os.path.join(out_dir, "summary.json")) and not args.rerun
+    wall = None
+    if not done:
+        command = [sys.executable, os.path.join(ROOT, "train.py"), "--seed", str(seed),
+                   "--steps", str(args.steps), "--out_dir", out_dir, "--save_every", "0",
+                   *(["--model", base] if base else []), *RUNS[name], *args.extra]
+        print(f"  {name:10s} seed {seed}: {' '.join(command[2:])}", flush=True)
+        start = time.time()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        wall = time.time() - start
+        with open(os.path.join(out_dir, "train.log"), "w") as f:
+            f.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} seed {seed} failed:\n{proc.stderr[-2000:]}")
+        with open(os.path.join(out_dir, "wall_s"), "w") as f:
+            f.write(f"{wall:.1f}")
+    elif os.path.exists(os.path.join(out_dir, "wall_s")):
+        with open(os.path.join(out_dir, "wall_s")) as f:
+            wall = float(f.read())
+    with open(metrics) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    tenth = max(1, len(rows) // 10)
+    mean = lambda key, part: statistics.mean(r[key] for r in part)  # noqa: E731
+    return {"run": name, "seed": seed, "out_dir": out_dir, "wall_s": wall,
+            "step_s": mean("time/step_s", rows),
+            "H0": rows[0]["entropy"], "H_end": mean("entropy", rows[-tenth:]),
+            "reward_start": mean("reward/mean", rows[:tenth]), "reward_end": mean("reward/mean", rows[-tenth:]),
+            "pass@1_base": rows[0].get("eval/pass@1"), "pass@16_base": rows[0].get("eval/pass@16"),
+            "pass@1_end": rows[-1].get("eval/pass@1"), "pass@16_end": rows[-1].get("eval/pass@16"),
+            "track_stable": rows[-1].get("entropy/track_err_stable"),
+            "track_anneal": rows[-1].get("entropy/track_err_anneal")}
+
+
+def base_model(seed: int, args) -> str | None:
+    """A warm-started base model of this seed already on disk (None: the next run builds one)."""
+    if "--model" in args.extra:
+        return None  # the caller's own model, passed through in args.extra
+    for name in RUNS:
+        path = os.path.join(args.out_dir, f"seed{seed}", name, "base_model")
+        if os.path.exists(os.path.join(path, "config.json")):
+            return path
+    return None
+
+
+# ----------------------------------------------------------------------------- the requirements
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def check_r1(grpo: dict) -> tuple[bool, str]:
+    """R1 collapse: plain GRPO ends with H_end <= 0.40 H_0 while the reward rises."""
+    ratio = grpo["H_end"] / grpo["H0"]
+    ok = ratio <= 0.40 and grpo["reward_end"] > grpo["reward_start"]
+    return ok, (f"H {grpo['H0']:.3f} -> {grpo['H_end']:.3f} ({ratio:.0%} of H0, need <= 40%), "
+                f"reward {grpo['reward_start']:.2f} -> {grpo['reward_end']:.2f}, "
+                f"held-out pass@1 {grpo['pass@1_base']:.3f} -> {grpo['pass@1_end']:.3f}")
+
+
+def check_r2(grpo: dict) -> tuple[bool, str]:
+    """R2 headroom: the base model's held-out pass@1 in [0.1, 0.4] and pass@16 <= 0.85."""
+    p1, p16 = grpo["pass@1_base"], grpo["pass@16_base"]
+    ok = 0.1 <= p1 <= 0.4 and p16 <= 0.85
+    return ok, f"base pass@1 {p1:.3f} (need 0.1-0.4), pass@16 {p16:.3f} (need <= 0.85)"
+
+
+def check_r3_knob(low: dict, high: dict) -> tuple[bool, str]:
+    """R3 authority: eps_high at the two ends of the PID's range ends >= 30% of H_0 apart."""
+    h0 = (low["H0"] + high["H0"]) / 2
+    diff = high["H_end"] - low["H_end"]
+    sign = "+" if diff > 0 else "-"
+    ok = abs(diff) >= 0.30 * h0
+    return ok, (f"H_end eps {EPS_LOW}: {low['H_end']:.3f}, eps {EPS_HIGH}: {high['H_end']:.3f}, "
+                f"difference {abs(diff) / h0:.0%} of H0 {h0:.3f} (need >= 30%), sign {sign} "
+                f"({'as' if sign == '+' else 'opposite to'} the PID's assumption); "
+                f"reward end {low['reward_end']:.2f} / {high['reward_end']:.2f}")
+
+
+def check_r3_pid(const: dict, sa: dict) -> tuple[bool, str]:
+    """R3 tracking: the PID on eps_high follows a constant target and the stable-anneal schedule."""
+    c, s, a = const["track_stable"], sa["track_stable"], sa["track_anneal"]
+    ok = c <= 0.10 and s <= 0.10 and a is not None and a <= 0.20
+    return ok, (f"constant {c:.3f} (need <= 0.10); stable-anneal: stable {s:.3f} (<= 0.10), "
+                f"anneal {a if a is None else round(a, 3)} (<= 0.20)")
+
+
+CHECKS = {"r1": ("R1 collapse", check_r1, ["grpo"]), "r2": ("R2 headroom", check_r2, ["grpo"]),
+          "r3knob": ("R3 knob", check_r3_knob, ["eps-low", "eps-high"]),
+          "r3pid": ("R3 tracking", check_r3_pid, ["pid-const", "pid-sa"])}
+
+
+# ----------------------------------------------------------------------------- main
+def tag_of(extra: list[str], steps: int) -> str:
+    """A directory name for a set of train.py flags: ['--lr', '3e-4'] -> 'lr_3e-4_steps200'.
+
+    A path passed as a value is shortened to its last part; then, and when the name is long, a
+    hash of all the flags is added, so two different sets of flags never share a directory.
+    """
+    parts = [a.rstrip("/").split("/")[-1] if "/" in a else a.lstrip("-") for a in extra]
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "_", "_".join(parts) or "default")[:90]
+    if any("/" in a for a in extra) or len(text) == 90:
+        text += "_" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8]
+    return f"{text}_steps{steps}"
+
+
+def main():
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="train.py flags go after --")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 200, --quick 60)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 64 held-out prompts")
+    parser.add_argument("--only", nargs="+", choices=list(CHECKS), default=list(CHECKS),
+                        help="which requirements to measure (and so which runs to do)")
+    parser.add_argument("--out_dir", default=None, help="default runs/regime/<tag>")
+    parser.add_argument("--rerun", action="store_true", help="redo runs already on disk")
+    args = parser.parse_args(argv)
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.steps = args.steps or (60 if args.quick else 200)
+    args.extra = (["--eval_prompts", "64"] if args.quick else []) + extra  # the caller's flags win
+    args.out_dir = args.out_dir or os.path.join(ROOT, "runs", "regime", tag_of(extra, args.steps))
+    names = [n for n in RUNS if any(n in CHECKS[c][2] for c in args.only)]
+    print(f"runs {names} x seeds {args.seeds}, {args.steps} steps, extra flags {extra} -> {args.out_dir}")
+
+    start = time.time()
+    results = {}
+    for seed in args.seeds:
+        for name in names:
+            results[name, seed] = run(name, seed, base_model(seed, args), args)
+    total = time.time() - start
+
+    lines = [f"# regime check: train.py {' '.join(extra) or '(defaults)'}, {args.steps} steps, seeds {args.seeds}", ""]
+    for key in args.only:
+        title, check, needs = CHECKS[key]
+        outcomes = [(seed, *check(*[results[n, seed] for n in needs])) for seed in args.seeds]
+        lines.append(f"{title}: {verdict(all(ok for _, ok, _ in outcomes))}")
+        lines += [f"  seed {seed}: {verdict(ok)}  {text}" for seed, ok, text in outcomes]
+    lines.append("wall time (R4): " + ", ".join(
+        f"{name}/s{seed} {r['wall_s']:.0f} s" if r["wall_s"] is not None else f"{name}/s{seed} -"
+        for (name, seed), r in results.items()) + f"; this invocation {total:.0f} s")
+    report = "\n".join(lines)
+    print(report)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump([r for r in results.values()], f, indent=1)
+    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+        f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
