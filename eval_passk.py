@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch.distributed as dist
 
     from reward import load_problems, make_verifier
-    from rollout import format_prompts, load_policy, setup_distributed  # as training loads and templates
+    from rollout import format_prompts, load_policy, setup_distributed, teardown_distributed  # as training does
 
     try:
         reward_fn, verifier_note = make_verifier(args.verifier)
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "per_problem": [{"prompt": p["prompt"], "answer": p["answer"], "correct": c}
                                            for p, c in zip(problems, result["correct"])]}, f, indent=1)
             print(f"wrote {args.out}")
-    if distributed:
-        dist.destroy_process_group()
+    teardown_distributed()  # under torchrun: barrier, destroy, exit (see rollout.py)
     return result
 
 

@@ -177,6 +177,28 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
 
 
+def teardown_distributed() -> None:
+    """End a torchrun process: barrier, destroy the process group, and exit with status 0 without
+    running C++ destructors. Measured on CPU (gloo) with a loaded machine: about 1 run in 10 aborted
+    in those destructors at interpreter exit ("terminate called without an active exception";
+    pytorch issue 190489), after every result was written, whether or not the group was destroyed
+    first; leaving with os._exit gave 0 aborts in 16. Everything is written and closed by then.
+    A no-op without torchrun.
+    """
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    dist.barrier()  # no rank leaves while another still talks to it
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def load_policy(name_or_path: str, device: torch.device | None = None, dtype: torch.dtype = torch.float32):
     """Any HF causal LM and its tokenizer, on `device`, ready for left-padded batched generation.
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import gc
 import inspect
 import json
 import math
@@ -57,7 +56,7 @@ from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_lo
 from reward import DataError, load_problems, make_verifier, math_reward, overlong_penalty
 from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, load_policy,
                      policy_logprobs_and_entropy, sequence_logprobs_and_entropy,
-                     setup_distributed, stop_token_ids)
+                     setup_distributed, stop_token_ids, teardown_distributed)
 
 
 # ============================================================================ configuration
@@ -915,11 +914,7 @@ def main(argv: list[str] | None = None) -> None:
                         "entropy (*) and its target (-), nats"))
         print(text_plot({"*": [r["reward/mean"] for r in rows]}, "mean reward (*)"))
         plot_metrics(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
-    if dist.is_initialized():  # free what holds the process group first: its threads must not
-        del model, ref_model, optimizer  # outlive it into interpreter shutdown (a gloo abort)
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown_distributed()  # under torchrun: barrier, destroy, exit (see rollout.py)
 
 
 def text_plot(series: dict[str, list], title: str, width: int = 60, height: int = 8) -> str:

@@ -65,7 +65,8 @@ import torch.distributed as dist  # noqa: E402
 
 import train  # noqa: E402
 from loss import group_advantages  # noqa: E402
-from rollout import generate_rollouts, policy_logprobs_and_entropy, setup_distributed  # noqa: E402
+from rollout import (generate_rollouts, policy_logprobs_and_entropy, setup_distributed,  # noqa: E402
+                     teardown_distributed)
 
 # Qwen2Config fields of each shape; the two Qwen2.5 rows are the hub checkpoints' config.json values.
 PRESETS = {
@@ -319,10 +320,7 @@ def main(argv=None) -> None:
             with open(args.out, "w") as f:
                 json.dump(record, f, indent=2)
             print(f"wrote {args.out}")
-    if dist.is_initialized():
-        del model, optimizer  # they hold the process group: free them first (see train.main)
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown_distributed()  # under torchrun: barrier, destroy, exit (see rollout.py)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,4 @@ stats = train.policy_update(model, optimizer, batch.select(rows), old_logprobs[r
 state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if rank == 0:
     torch.save({"params": state, "loss": stats["loss/policy"], "clipfrac": stats["loss/clipfrac"]}, out_path)
-if world > 1:
-    del model, optimizer  # they hold the process group: free them first (see train.main)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+train.teardown_distributed()
