@@ -445,12 +445,10 @@ def policy_logprobs_and_entropy(model, rollouts: Rollouts, micro_batch_size: int
     return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
 
 
-def sampler_mismatch(rollouts: Rollouts, logprobs: torch.Tensor) -> float:
-    """Mean |logp_sampler - logp_trainer| over completion tokens (verl and TRL log the same).
-
-    ~1e-6 in fp32 on a CPU; bf16 kernels on GPUs make it larger, and top_p < 1 adds the mass the
-    sampler cut off (the trainer scores the untruncated distribution). A large value means the
-    "on-policy" samples are off-policy.
+def sampler_mismatch(rollouts: Rollouts, logprobs: torch.Tensor) -> torch.Tensor:
+    """(B, T) |logp_sampler - logp_trainer| per completion token, 0 outside the loss mask (verl and
+    TRL log its mean). ~1e-7 in fp32 on a CPU; bf16 kernels on GPUs make it larger, and top_p < 1
+    adds the mass the sampler cut off (the trainer scores the untruncated distribution). A large
+    value means the "on-policy" samples are off-policy.
     """
-    mask = rollouts.loss_mask.bool()
-    return (rollouts.sampler_logprobs - logprobs)[mask].abs().mean().item() if mask.any() else 0.0
+    return torch.where(rollouts.loss_mask.bool(), (rollouts.sampler_logprobs - logprobs).abs(), 0.0)

@@ -55,7 +55,7 @@ from eval_passk import evaluate_passk, summarize
 from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
 from reward import DataError, load_problems, make_verifier, math_reward, overlong_penalty
 from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, load_policy,
-                     policy_logprobs_and_entropy, sequence_logprobs_and_entropy,
+                     policy_logprobs_and_entropy, sampler_mismatch, sequence_logprobs_and_entropy,
                      setup_distributed, stop_token_ids, teardown_distributed)
 
 
@@ -846,8 +846,7 @@ def main(argv: list[str] | None = None) -> None:
             ref_logprobs = None if ref_model is None else policy_logprobs_and_entropy(
                 ref_model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)[0]
         mask = rollouts.loss_mask
-        # how far the trainer's log-probs are from the sampler's (bf16 kernels, top-p; ~1e-6 on a CPU)
-        mismatch = torch.where(mask.bool(), (rollouts.sampler_logprobs - old_logprobs).abs(), 0.0)
+        mismatch = sampler_mismatch(rollouts, old_logprobs)  # (B, T): trainer vs sampler log-probs
         sums = all_reduce_sum([float((entropy * mask).sum()), float(mask.sum()),
                                sample_stats.pop("reward_sum"), float(rewards.numel()),
                                sample_stats.pop("accuracy_sum"), float(rewards.sum()),
