@@ -17,8 +17,8 @@ One RL step, top to bottom (the numbers match README "How entropy scheduling wor
   8. log          metrics.jsonl, tqdm, checkpoints
 
 The embedded default (`--model embedded`) is a 0.9M-parameter Qwen2 and a character tokenizer built
-in code, first warm-started by a short supervised run on the built-in digit-sum task until its
-sampled pass@1 reaches `warm_start_pass1`; it is saved with `save_pretrained` and from then on loaded
+in code, first warm-started by a short supervised run on the built-in digit-sum task, written with
+slips (`WARM_START_CORRECT`); it is saved with `save_pretrained` and from then on loaded
 exactly as any hub model. Nothing touches the network.
 
 Kept from the anchors (verl, TRL, DAPO): PPO-clip with separate low/high bounds, dual-clip, three
@@ -141,14 +141,16 @@ class Config:
     """KL penalty to the initial policy (k3); 0: no reference model (DAPO, Dr. GRPO)"""
 
     # --- optimisation
-    lr: float = 1e-4
+    lr: float = 2e-4
     """AdamW learning rate"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     grad_clip: float = 1.0
     """max global gradient norm"""
-    updates_per_step: int = 2
-    """optimizer steps per rollout batch (mini-batches); > 1 makes the ratio, so the clip, matter"""
+    updates_per_step: int = 4
+    """mini-batches per rollout batch (one optimizer step each); > 1 makes the ratio, so the clip, matter"""
+    ppo_epochs: int = 1
+    """passes over the rollout batch (verl's ppo_epochs): optimizer steps per RL step = epochs x mini-batches"""
     micro_batch_size: int = 64
     """sequences per forward/backward pass (gradient accumulation within a mini-batch)"""
     logprob_chunk_size: int = 256
@@ -191,10 +193,8 @@ class Config:
     """hard-first | easy-first"""
 
     # --- embedded default
-    warm_start_pass1: float = 0.3
-    """supervised warm start stops once sampled pass@1 reaches this"""
-    warm_start_max_steps: int = 600
-    """cap on warm-start steps"""
+    warm_start_steps: int = 600
+    """supervised warm-start steps (batches of 64) of the embedded model; see WARM_START_CORRECT"""
 
     def resolved(self) -> "Config":
         """A copy with the --loss presets filled in."""
@@ -404,13 +404,39 @@ def autocast(model):
 
 
 # ============================================================================ model and data
+# The warm start's corpus (ours): per level (1-4 "+" signs), the share of its answers that are right;
+# the rest are plausible slips, the sum off by 1, 2 or 10 (a lost carry). Like a model pre-trained on
+# text with errors, the base model computes the sum but writes a slip more often the longer the sum,
+# and on the two longest levels it has never seen the right answer written: RL has something to sharpen (the
+# right answer is one of its modes on short sums) and headroom it must reach by generalising.
+WARM_START_CORRECT = {1: 0.6, 2: 0.3, 3: 0.0, 4: 0.0}
+WARM_START_SLIPS = (-10, -2, -1, 1, 2, 10)
+
+
+def warm_start_answer(problem: dict, rng: random.Random) -> str:
+    """What the warm-start corpus writes after a prompt: the answer, or a slip of it.
+
+    >>> rng = random.Random(0)
+    >>> sorted({warm_start_answer({"answer": "17", "level": 4}, rng) for _ in range(200)}, key=int)
+    ['7', '15', '16', '18', '19', '27']
+    >>> warm_start_answer({"answer": "5", "level": 4}, random.Random(1))  # 5 - 10 < 0: 5 + 10
+    '15'
+    """
+    if rng.random() < WARM_START_CORRECT.get(problem["level"], 0.0):
+        return problem["answer"]
+    answer, slip = int(problem["answer"]), rng.choice(WARM_START_SLIPS)
+    return str(answer + slip if answer + slip >= 0 else answer - slip)
+
+
 def build_embedded_default(path: str, cfg: Config) -> None:
     """Build the tiny base model, warm-start it on digit sums, save it at `path` in HF format.
 
-    A random init solves nothing and RL cannot bootstrap from zero reward, so a short supervised
-    run on correct answers first teaches the format and part of the skill. It stops once sampled
-    pass@1 on a probe set reaches `warm_start_pass1`: a base model that is right sometimes, with
-    pass@16 well above pass@1, which RL then sharpens.
+    A random init solves nothing and RL cannot bootstrap from zero reward, so `warm_start_steps`
+    of supervised training on the corpus above first teach the format and the sum, with slips
+    (WARM_START_CORRECT): on 128 held-out prompts x 16 samples the base model has pass@1 ~0.2 and
+    pass@16 ~0.7, and its token entropy is high (~0.85 nats) because the slips are spread over six
+    values. That is the regime the paper studies: plain GRPO sharpens the policy onto its best mode
+    and the entropy collapses; how fast is what the entropy schedule decides.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -424,20 +450,20 @@ def build_embedded_default(path: str, cfg: Config) -> None:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
                                         unk_token="<unk>", padding_side="left")
     torch.manual_seed(cfg.seed)
+    corpus_rng = random.Random(cfg.seed)
     model = Qwen2ForCausalLM(Qwen2Config(
         vocab_size=len(vocab), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
         tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=1))
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train = arithmetic_problems(64 * cfg.warm_start_max_steps, seed=10_000 + cfg.seed)
+    train = arithmetic_problems(64 * cfg.warm_start_steps, seed=10_000 + cfg.seed)
     probe = arithmetic_problems(64, seed=20_000 + cfg.seed)
-    pass1, step = 0.0, 0
-    bar = tqdm(total=cfg.warm_start_max_steps, desc="warm start (supervised)", leave=False)
-    for step in range(1, cfg.warm_start_max_steps + 1):
+    for step in tqdm(range(1, cfg.warm_start_steps + 1), desc="warm start (supervised)", leave=False):
         batch = train[(step - 1) * 64 : step * 64]
         prompts = [tokenizer(p["prompt"], add_special_tokens=False).input_ids for p in batch]
-        answers = [tokenizer(p["answer"], add_special_tokens=False).input_ids + [1] for p in batch]
+        answers = [tokenizer(warm_start_answer(p, corpus_rng), add_special_tokens=False).input_ids + [1]
+                   for p in batch]
         length = max(len(p) + len(a) for p, a in zip(prompts, answers))
         ids = torch.zeros(64, length, dtype=torch.long)
         labels = torch.full((64, length), -100)
@@ -452,21 +478,13 @@ def build_embedded_default(path: str, cfg: Config) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        bar.update(1)
-        if step % 25 == 0:
-            rollouts = generate_rollouts(model, tokenizer, [p["prompt"] for p in probe], 4, 4)
-            pass1 = float(np.mean([math_reward(t, probe[i // 4]["answer"])
-                                   for i, t in enumerate(rollouts.completions)]))
-            model.train()
-            bar.set_postfix(loss=f"{loss.item():.3f}", pass1=f"{pass1:.2f}")
-            if pass1 >= cfg.warm_start_pass1:
-                break
-    bar.close()
+    rollouts = generate_rollouts(model, tokenizer, [p["prompt"] for p in probe], 4, 4)
+    pass1 = float(np.mean([math_reward(t, probe[i // 4]["answer"]) for i, t in enumerate(rollouts.completions)]))
     tmp = path + ".tmp"
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     with open(os.path.join(tmp, "warm_start.json"), "w") as f:
-        json.dump({"steps": step, "probe_pass@1": pass1, "seed": cfg.seed}, f)
+        json.dump({"steps": cfg.warm_start_steps, "probe_pass@1": pass1, "seed": cfg.seed}, f)
     os.replace(tmp, path)
 
 
@@ -637,7 +655,8 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
 def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages, cfg: Config,
                   knobs: dict, device: torch.device, world_size: int,
                   ref_logprobs: torch.Tensor | None = None) -> dict:
-    """Step 7: `updates_per_step` optimizer steps over mini-batches of this rank's groups.
+    """Step 7: `ppo_epochs` passes of `updates_per_step` optimizer steps over mini-batches of this
+    rank's groups (the same old log-probs throughout: later updates are off-policy, so the clip acts).
 
     Each mini-batch's loss is normalised by its GLOBAL token (or sequence) count, summed over
     ranks, so the objective is the same whatever the number of ranks and micro-batches. FSDP
@@ -647,12 +666,13 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     per_update = B // cfg.updates_per_step
     starts = range(0, B, per_update)
     counts = all_reduce_sum([float(rollouts.loss_mask[s : s + per_update].sum()) for s in starts], device)
+    num_updates = cfg.ppo_epochs * len(starts)
     num_seqs = per_update * world_size
     input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
     T = rollouts.completion_ids.shape[1]
     totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
     stat_sums: dict[str, float] = {}
-    for u, start in enumerate(starts):
+    for u, start in [(u, s) for _ in range(cfg.ppo_epochs) for u, s in enumerate(starts)]:
         optimizer.zero_grad(set_to_none=True)
         for mb in range(start, start + per_update, cfg.micro_batch_size):
             rows = slice(mb, min(mb + cfg.micro_batch_size, start + per_update))
@@ -681,14 +701,14 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
             continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next rollout
-        totals["grad_norm"] += grad_norm.item() / cfg.updates_per_step
+        totals["grad_norm"] += grad_norm.item() / num_updates
     # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
     keys = sorted(stat_sums)
     summed = all_reduce_sum([totals["loss/policy"]] + [stat_sums[k] for k in keys], device)
-    out = {"loss/policy": summed[0] / cfg.updates_per_step, "grad_norm": totals["grad_norm"],
+    out = {"loss/policy": summed[0] / num_updates, "grad_norm": totals["grad_norm"],
            "nonfinite_skipped": totals["nonfinite_skipped"]}
     for key, value in zip(keys, summed[1:]):
-        out[f"loss/{key}"] = value / cfg.updates_per_step
+        out[f"loss/{key}"] = value / num_updates
     return out
 
 
@@ -817,6 +837,7 @@ def main(argv: list[str] | None = None) -> None:
         out["eval/entropy"] = entropy[0] / max(entropy[1], 1)
         if rank == 0:
             tqdm.write(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
+        out["eval/correct"] = correct  # per held-out prompt (rank order): for bootstrap intervals
         return out
 
     G = cfg.group_size

@@ -13,7 +13,7 @@ import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--prompts_per_step", "8", "--group_size", "4", "--eval_prompts", "8", "--eval_n", "4",
-        "--eval_k", "1,4", "--warm_start_max_steps", "25"]
+        "--eval_k", "1,4", "--warm_start_steps", "25"]
 REQUIRED_KEYS = {"step", "reward/mean", "entropy", "entropy/target", "entropy/knob", "loss/policy",
                  "loss/clipfrac", "loss/approx_kl", "grad_norm", "response_length/mean",
                  "groups/zero_std_frac", "curriculum/phase", "time/step_s", "time/rollout_s",
@@ -68,7 +68,8 @@ def test_default_run_writes_metrics_checkpoint_and_config(base_model):
 def test_variants_run(base_model, tmp_path, schedule, controller, loss):
     run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
          "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum", "two-phase",
-         "--kl_coef", "0.01" if loss == "grpo" else "0", "--save_every", "0", *TINY])
+         "--kl_coef", "0.01" if loss == "grpo" else "0", "--ppo_epochs", "2" if loss == "dapo" else "1",
+         "--save_every", "0", *TINY])
     rows = metrics(tmp_path)
     assert len(rows) == 2 and REQUIRED_KEYS <= set(rows[-1])
     assert (rows[0]["entropy/target"] is None) == (schedule == "none")
@@ -347,3 +348,20 @@ def test_rl_step_benchmark_runs_on_a_cpu():
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
     assert {"rollout", "update", "step"} <= set(rows)
     assert float(rows["step"][3]) > 0  # tokens/s
+
+
+def test_compare_schedules_benchmark_end_to_end(tmp_path):
+    """benchmarks/compare_schedules.py at its smallest: base model, two arms, bootstrap table, fit."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare_schedules.py"),
+                           "--arms", "grpo,es", "--seeds", "0", "--steps", "2", "--eval_every", "2",
+                           "--eval_prompts", "4", "--out_dir", str(tmp_path), "--jobs", "1", "--",
+                           "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "results.md").read_text()
+    assert "| base model (before RL) |" in table and "| grpo |" in table and "| es |" in table
+    assert "fitted R = -a exp(H) + b" in table and "over 4 checkpoints" in table  # 2 runs x (base, end)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [[c[0] for c in r["checkpoints"]] for r in results] == [[0, 2], [0, 2]]
+    assert len(results[0]["correct"]) == 4
