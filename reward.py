@@ -621,8 +621,8 @@ def overlong_penalty(length: int, max_length: int, buffer: int, penalty: float =
 
 
 # ----------------------------------------------------------------------------- the built-in task
-def arithmetic_problems(n: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4)) -> list[dict]:
-    """The embedded default's task: sums of single digits; level L has L + 1 terms.
+def arithmetic_problems(n: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> list[dict]:
+    """The embedded default's task: sums of single digits; level L has L + 1 terms (2 to 7).
 
     Deterministic in `seed`; use different seeds for training and held-out sets (level 1 has only
     100 distinct prompts, so the two can share some: the task tests a skill, not recall).

@@ -248,10 +248,14 @@ def main():
         parser.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
     os.makedirs(args.out_dir, exist_ok=True)
 
-    import train
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
     from tqdm import tqdm
 
-    from concurrent.futures import ThreadPoolExecutor
+    import train
+
+    torch.set_num_threads(1)  # as train.py: a spinning second thread beside the runs slows the warm start 40x
 
     start = time.time()
     bases = {}

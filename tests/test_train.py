@@ -365,3 +365,47 @@ def test_compare_schedules_benchmark_end_to_end(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [[c[0] for c in r["checkpoints"]] for r in results] == [[0, 2], [0, 2]]
     assert len(results[0]["correct"]) == 4
+
+
+def _regime():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import regime
+    return regime
+
+
+def test_regime_checks_apply_issue_10_thresholds():
+    """R1-R3 as the issue words them, on hand-made run summaries at and around each threshold."""
+    regime = _regime()
+    run = lambda **kw: {"H0": 1.0, "H_end": 0.5, "reward_start": 0.2, "reward_end": 0.4,  # noqa: E731
+                        "pass@1_base": 0.2, "pass@16_base": 0.8, "pass@1_end": 0.5,
+                        "track_stable": 0.05, "track_anneal": 0.15, **kw}
+    assert regime.check_r1(run(H_end=0.39))[0]
+    assert not regime.check_r1(run(H_end=0.41))[0]  # 41% of H0
+    assert not regime.check_r1(run(H_end=0.2, reward_end=0.1))[0]  # collapse, but reward fell
+    assert regime.check_r2(run())[0]
+    assert not regime.check_r2(run(**{"pass@16_base": 0.86}))[0]
+    assert not regime.check_r2(run(**{"pass@1_base": 0.09}))[0]
+    assert not regime.check_r2(run(**{"pass@1_base": 0.41}))[0]
+    ok, text = regime.check_r3_knob(run(H_end=0.30), run(H_end=0.62))  # 0.32 of H0 apart, "+"
+    assert ok and "sign +" in text
+    ok, text = regime.check_r3_knob(run(H_end=0.62), run(H_end=0.30))
+    assert ok and "sign -" in text
+    assert not regime.check_r3_knob(run(H_end=0.30), run(H_end=0.59))[0]  # 29%
+    assert regime.check_r3_pid(run(track_stable=0.10), run(track_stable=0.10, track_anneal=0.20))[0]
+    assert not regime.check_r3_pid(run(track_stable=0.11), run())[0]
+    assert not regime.check_r3_pid(run(), run(track_anneal=0.21))[0]
+    assert not regime.check_r3_pid(run(), run(track_anneal=None))[0]  # the anneal never reached
+
+
+def test_regime_benchmark_end_to_end(tmp_path):
+    """benchmarks/regime.py at its smallest: one seed, R1 and R2 from a 2-step GRPO run."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "regime.py"), "--seeds", "0",
+                           "--steps", "2", "--only", "r1", "r2", "--out_dir", str(tmp_path), "--jobs", "1", "--",
+                           "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25",
+                           "--eval_prompts", "4"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "R1 collapse:" in proc.stdout and "R2 headroom:" in proc.stdout and "seed 0:" in proc.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["run"] for r in results] == ["grpo"] and results[0]["pass@16_base"] is not None
