@@ -18,8 +18,8 @@ One RL step, top to bottom (the numbers match README "How entropy scheduling wor
 
 The embedded default (`--model embedded`) is a 0.9M-parameter Qwen2 and a character tokenizer built
 in code, first warm-started by a short supervised run on the built-in digit-sum task, written with
-slips and with long sums rare (`WARM_START_CORRECT`, `WARM_START_LEVELS`); it is saved with `save_pretrained` and from then on loaded
-exactly as any hub model. Nothing touches the network.
+slips and with long sums rare (`WARM_START_CORRECT`, `WARM_START_LEVELS`); it is saved with
+`save_pretrained` and from then on loaded exactly as any hub model. Nothing touches the network.
 
 Kept from the anchors (verl, TRL, DAPO): PPO-clip with separate low/high bounds, dual-clip, three
 loss aggregations, dynamic sampling, overlong shaping, k1/k2/k3 KL. Left out: a critic (GRPO needs
@@ -438,8 +438,9 @@ def build_embedded_default(path: str, cfg: Config) -> None:
     of supervised training on the corpus above first teach the format and the sum, with slips
     (WARM_START_CORRECT, WARM_START_LEVELS): on 128 held-out prompts x 16 samples the base model
     has pass@1 ~0.15 and pass@16 ~0.8, and its token entropy is high (~1 nat) because its answers
-    are spread over the slips and its guesses at the long sums. That is the regime the paper studies: plain GRPO sharpens the policy onto its best mode
-    and the entropy collapses; how fast is what the entropy schedule decides.
+    are spread over the slips and its guesses at the long sums. That is the regime the paper
+    studies: plain GRPO sharpens the policy onto its best mode and the entropy collapses; how fast
+    is what the entropy schedule decides.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM

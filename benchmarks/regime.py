@@ -9,8 +9,8 @@ Everything after `--` goes to every train.py run (and to the warm start of the b
 unchanged. Each run is one train.py subprocess with OMP_NUM_THREADS=1, `--jobs` at a time (2), in
 runs/regime/<tag>/seed<S>/<run> (the tag names the flags and the step count); a finished run
 (summary.json written) is read, not redone (--rerun redoes it). The seeds (20, 21, 22) are not the
-ones the testbed was tuned on (0, 10-12). Every run of a seed starts from the same warm-started base model,
-runs/regime/<tag>/seed<S>/base_model, built once:
+ones the testbed was tuned on (0, 10-12). Every run of a seed starts from the same warm-started
+base model, runs/regime/<tag>/seed<S>/base_model, built once:
 
     grpo           --loss grpo --schedule none                              R1, R2
     eps-low        --loss dapo --schedule none --clip_high 0.05             R3, the knob's authority
