@@ -1,5 +1,6 @@
 """End-to-end: train.py as a user runs it, as a subprocess, on a tiny budget."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -409,3 +410,25 @@ def test_regime_benchmark_end_to_end(tmp_path):
     assert "R1 collapse:" in proc.stdout and "R2 headroom:" in proc.stdout and "seed 0:" in proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["run"] for r in results] == ["grpo"] and results[0]["pass@16_base"] is not None
+
+
+def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
+    """benchmarks/entropy_noise.py: with the output head zeroed every next-token distribution is
+    uniform over the 15 tokens, so every batch reads log(15) nats exactly and the spread is 0."""
+    from tiny import tiny_policy
+
+    model, tok = tiny_policy()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    model.save_pretrained(tmp_path / "uniform")
+    tok.save_pretrained(tmp_path / "uniform")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "entropy_noise.py"),
+                           "--model", str(tmp_path / "uniform"), "--prompts", "4", "8", "--batches", "3",
+                           "--", "--group_size", "2"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0] in ("4", "8")]
+    assert [r[0] for r in rows] == ["4", "8"]
+    for r in rows:
+        assert float(r[1]) == pytest.approx(math.log(15), abs=1e-3) and float(r[2]) == 0.0 and float(r[3]) == 0.0
