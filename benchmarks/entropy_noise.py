@@ -61,7 +61,7 @@ def main():
     cfg = parse_config(["--model", args.model, *extra]).resolved()
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    model, tokenizer = load_policy(args.model, torch.device("cpu"))
+    model, tokenizer = load_policy(args.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     problems, _ = load_data(cfg)
     problems = format_prompts(problems, tokenizer, cfg.chat_template, cfg.system_prompt)
