@@ -54,9 +54,9 @@ from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingE
 from eval_passk import evaluate_passk, summarize
 from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
 from reward import DataError, load_problems, make_verifier, math_reward, overlong_penalty
-from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, load_policy,
-                     policy_logprobs_and_entropy, sampler_mismatch, sequence_logprobs_and_entropy,
-                     setup_distributed, stop_token_ids, teardown_distributed)
+from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, length_sorted,
+                     load_policy, policy_logprobs_and_entropy, sampler_mismatch,
+                     sequence_logprobs_and_entropy, setup_distributed, stop_token_ids, teardown_distributed)
 
 
 # ============================================================================ configuration
@@ -67,7 +67,7 @@ class Config:
     """where metrics.jsonl, config.json, checkpoints/ and the plot go"""
     seed: int = 0
     """seeds data order, sampling and the embedded model"""
-    steps: int = 200
+    steps: int = 150
     """RL steps (one rollout batch each)"""
     resume: bool = False
     """continue from out_dir/checkpoints/latest if there is one"""
@@ -107,7 +107,7 @@ class Config:
     """builtin | math-verify | auto (math-verify when installed, else the built-in rule)"""
 
     # --- rollouts
-    prompts_per_step: int = 32
+    prompts_per_step: int = 64
     """prompts per RL step over all ranks (must divide by the number of ranks)"""
     group_size: int = 8
     """completions sampled per prompt (G of GRPO; >= 2)"""
@@ -141,7 +141,7 @@ class Config:
     """KL penalty to the initial policy (k3); 0: no reference model (DAPO, Dr. GRPO)"""
 
     # --- optimisation
-    lr: float = 2e-4
+    lr: float = 3e-4
     """AdamW learning rate"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
@@ -151,7 +151,7 @@ class Config:
     """mini-batches per rollout batch (one optimizer step each); > 1 makes the ratio, so the clip, matter"""
     ppo_epochs: int = 1
     """passes over the rollout batch (verl's ppo_epochs): optimizer steps per RL step = epochs x mini-batches"""
-    micro_batch_size: int = 64
+    micro_batch_size: int = 32
     """sequences per forward/backward pass (gradient accumulation within a mini-batch)"""
     logprob_chunk_size: int = 256
     """tokens per chunk of the fused log-prob/entropy head"""
@@ -678,8 +678,8 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     stat_sums: dict[str, float] = {}
     for u, start in [(u, s) for _ in range(cfg.ppo_epochs) for u, s in enumerate(starts)]:
         optimizer.zero_grad(set_to_none=True)
-        for mb in range(start, start + per_update, cfg.micro_batch_size):
-            rows = slice(mb, min(mb + cfg.micro_batch_size, start + per_update))
+        order = start + length_sorted(attention_mask[start : start + per_update])  # (per_update,)
+        for rows in order.split(cfg.micro_batch_size):  # micro-batches of similar length: less padding
             with autocast(model):
                 logprobs, entropy = sequence_logprobs_and_entropy(
                     model, input_ids[rows], attention_mask[rows], T, cfg.logprob_chunk_size,

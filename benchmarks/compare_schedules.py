@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison on the embedded default: same budget, same base models, 5 seeds.
 
-    python benchmarks/compare_schedules.py            # default size: 8 arms x 5 seeds x 200 steps
+    python benchmarks/compare_schedules.py            # default size: 8 arms x 5 seeds x 150 steps
     python benchmarks/compare_schedules.py --quick    # 1 seed, 40 steps, 64 held-out problems
     python benchmarks/compare_schedules.py --arms grpo,es --seeds 0,1 -- --lr 2e-4   # + train.py flags
 
@@ -41,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from eval_passk import pass_at_k  # noqa: E402
+from train import Config  # noqa: E402  (the default step count)
 
 CONTROLLER: list[str] = []  # train.py's default controller (README "Results" says why not the paper's)
 ARMS = {
@@ -228,7 +229,7 @@ def main():
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="train.py flags go after --")
     parser.add_argument("--quick", action="store_true", help="1 seed, 40 steps, 64 held-out problems")
-    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 200)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default train.py's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 100,101,102,103,104)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
     parser.add_argument("--eval_prompts", type=int, default=None, help="held-out problems (default 128)")
@@ -237,7 +238,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     args = parser.parse_args(argv)
     args.extra = extra
-    args.steps = args.steps or (40 if args.quick else 200)
+    args.steps = args.steps or (40 if args.quick else Config().steps)
     args.eval_every = args.eval_every or max(1, args.steps // 4)
     args.seeds = [int(s) for s in (args.seeds or ("100" if args.quick else "100,101,102,103,104")).split(",")]
     args.eval_prompts = args.eval_prompts or (64 if args.quick else 128)

@@ -1,6 +1,6 @@
 """Is a configuration in the regime the paper studies? Issue 10's checks R1-R3, measured.
 
-    python benchmarks/regime.py                     # 3 seeds x 7 runs of 200 steps, 2 at a time
+    python benchmarks/regime.py                     # 3 seeds x 7 runs of train.py's 150 steps, 2 at a time
     python benchmarks/regime.py --quick             # 1 seed x 7 runs of 60 steps, 64 held-out prompts
     python benchmarks/regime.py --only r1 r2 r3knob r3default     # what README's table was made with
     python benchmarks/regime.py --seeds 0 1 2 -- --lr 3e-4 --updates_per_step 8   # + train.py flags
@@ -185,7 +185,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="train.py flags go after --")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 20 21 22 (--quick: 20)")
-    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 200, --quick 60)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default train.py's, --quick 60)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 64 held-out prompts")
     parser.add_argument("--only", nargs="+", choices=list(CHECKS), default=list(CHECKS),
                         help="which requirements to measure (and so which runs to do)")
@@ -194,7 +194,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([20] if args.quick else [20, 21, 22])  # not the seeds we tuned on (0, 10-12)
-    args.steps = args.steps or (60 if args.quick else 200)
+    args.steps = args.steps or (60 if args.quick else Config().steps)
     args.extra = (["--eval_prompts", "64"] if args.quick else []) + extra  # the caller's flags win
     args.out_dir = args.out_dir or os.path.join(ROOT, "runs", "regime", tag_of(extra, args.steps))
     names = [n for n in RUNS if any(n in CHECKS[c][2] for c in args.only)]

@@ -170,6 +170,25 @@ def test_micro_batched_equals_one_batch(tiny_policy):
     torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
 
 
+def test_length_sorted_micro_batches_match_one_padded_forward(tiny_policy):
+    """Rows go through shortest first, with their shared padding cut: the result must still be,
+    row for row, what one forward of the whole left-padded batch gives."""
+    model, tok = tiny_policy
+    torch.manual_seed(6)
+    r = generate_rollouts(model, tok, ["1+2+3+4+5=", "9=", "3+4=", "8+8+8="], group_size=2, max_new_tokens=4)
+    assert r.prompt_mask.sum(1).tolist() != sorted(r.prompt_mask.sum(1).tolist())  # not already in order
+    logp, entropy = policy_logprobs_and_entropy(model, r, micro_batch_size=3)
+    T, mask = r.completion_ids.shape[1], r.loss_mask
+    position_ids = (r.attention_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=r.input_ids, attention_mask=r.attention_mask,
+                       position_ids=position_ids).logits[:, -T - 1 : -1].float()  # (B, T, V)
+    reference = torch.log_softmax(logits, -1).gather(2, r.completion_ids.unsqueeze(2)).squeeze(2)
+    torch.testing.assert_close(logp * mask, reference * mask, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(entropy * mask, torch.distributions.Categorical(logits=logits).entropy() * mask,
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_concat_of_different_widths_keeps_each_rows_logprobs(tiny_policy):
     model, tok = tiny_policy
     torch.manual_seed(4)
