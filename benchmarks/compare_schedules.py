@@ -1,7 +1,7 @@
 """Reproduce the paper's comparison on the embedded default: same budget, same base models, 5 seeds.
 
     python benchmarks/compare_schedules.py            # default size: 8 arms x 5 seeds x 150 steps
-    python benchmarks/compare_schedules.py --quick    # 1 seed, 40 steps, 64 held-out problems
+    python benchmarks/compare_schedules.py --quick    # 1 seed, 30 steps, 64 held-out problems
     python benchmarks/compare_schedules.py --arms grpo,es --seeds 0,1 -- --lr 2e-4   # + train.py flags
 
 Arms (each is one train.py command line; see ARMS):
@@ -228,7 +228,7 @@ def main():
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="train.py flags go after --")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 40 steps, 64 held-out problems")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 30 steps, 64 held-out problems")
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default train.py's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 100,101,102,103,104)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
@@ -238,7 +238,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     args = parser.parse_args(argv)
     args.extra = extra
-    args.steps = args.steps or (40 if args.quick else Config().steps)
+    args.steps = args.steps or (30 if args.quick else Config().steps)
     args.eval_every = args.eval_every or max(1, args.steps // 4)
     args.seeds = [int(s) for s in (args.seeds or ("100" if args.quick else "100,101,102,103,104")).split(",")]
     args.eval_prompts = args.eval_prompts or (64 if args.quick else 128)
