@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--max_new_tokens", type=int, default=None,
-                        help="default: 8 for arithmetic, 1024 otherwise")
+                        help="default: 4 for arithmetic, 1024 otherwise (as train.py)")
     parser.add_argument("--prompts_per_batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write per-problem counts and the summary here")
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
                              limit=args.limit or None)
     problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
-    max_new = args.max_new_tokens or (8 if args.dataset == "arithmetic" else 1024)
+    max_new = args.max_new_tokens or (4 if args.dataset == "arithmetic" else 1024)
     if rank == 0:
         print(f"pass@k of {args.model}: {len(problems)} prompts x {args.n} samples x <= {max_new} tokens, "
               f"over {world} rank(s) on {device.type}", flush=True)

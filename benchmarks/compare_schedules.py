@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison on the embedded default: same budget, same base models, 5 seeds.
 
-    python benchmarks/compare_schedules.py            # default size: 8 arms x 5 seeds x 150 steps
+    python benchmarks/compare_schedules.py            # default size: 7 arms x 5 seeds x 150 steps
     python benchmarks/compare_schedules.py --quick    # 1 seed, 30 steps, 64 held-out problems
     python benchmarks/compare_schedules.py --arms grpo,es --seeds 0,1 -- --lr 2e-4   # + train.py flags
 
@@ -8,13 +8,14 @@ Arms (each is one train.py command line; see ARMS):
   grpo          GRPO, no entropy control                         --loss grpo --schedule none
   dapo          DAPO: entropy held at a constant target          --schedule constant
   es            Entropy Scheduling: stable, then anneal          --schedule stable-anneal
-  es-paper-pid  the same, with the paper's PID on clip-high      --controller pid
+  es-paper-pid  the same, with the paper's PID on clip-high      --controller pid   (only if asked:
+                --arms; benchmarks/regime.py measures it, and it adds 9 minutes)
   es-hard-easy  ES + the two-phase curriculum, hard problems in the stable phase
   es-easy-hard  ES + the two-phase curriculum, the other order
   es-k1         ES with the schedule chosen for pass@1           --passk_goal 1
   es-k16        ES with the schedule chosen for pass@16          --passk_goal 16
 Every DAPO/ES arm uses DAPO's loss and train.py's default controller (`CONTROLLER`: the PID on a
-signed entropy coefficient), but es-paper-pid, which shows the paper's PID on clip-high in the same
+signed entropy coefficient), but es-paper-pid, which puts the paper's PID on clip-high in the same
 place (on this testbed clip-high barely moves entropy: benchmarks/regime.py measures it).
 
 Every arm of a seed starts from the same warm-started base model (built once per seed) and runs the
@@ -40,6 +41,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.regime import build_base  # noqa: E402
 from eval_passk import pass_at_k  # noqa: E402
 from train import Config  # noqa: E402  (the default step count)
 
@@ -56,6 +58,7 @@ ARMS = {
     "es-k1": ["--loss", "dapo", "--passk_goal", "1", *CONTROLLER],
     "es-k16": ["--loss", "dapo", "--passk_goal", "16", *CONTROLLER],
 }
+DEFAULT_ARMS = [a for a in ARMS if a != "es-paper-pid"]  # the paper's PID: benchmarks/regime.py measures it
 KS = [1, 2, 4, 8, 16]
 REPORT_KS = [1, 4, 16]
 
@@ -231,7 +234,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 seed, 30 steps, 64 held-out problems")
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default train.py's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 100,101,102,103,104)")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help=f"comma-separated, from {', '.join(ARMS)} (default all but es-paper-pid)")
     parser.add_argument("--eval_prompts", type=int, default=None, help="held-out problems (default 128)")
     parser.add_argument("--eval_every", type=int, default=None, help="checkpoint evals (default steps / 4)")
     parser.add_argument("--out_dir", default=None, help="default runs/compare or runs/compare-quick")
@@ -251,22 +255,16 @@ def main():
 
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
     from tqdm import tqdm
 
-    import train
-
-    torch.set_num_threads(1)  # as train.py: a spinning second thread beside the runs slows the warm start 40x
-
     start = time.time()
-    bases = {}
-    for seed in tqdm(args.seeds, desc="base models"):
-        bases[seed] = os.path.join(args.out_dir, f"base-seed{seed}")
-        if not os.path.exists(bases[seed]):  # one warm-started base model per seed, for every arm
-            train.build_embedded_default(bases[seed], train.parse_config([*args.extra, "--seed", str(seed)]))
     results = []
     jobs = [(arm, seed) for seed in args.seeds for arm in arms]
     with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(jobs), desc="runs") as bar:
+        # one warm-started base model per seed, for every arm; `--jobs` built side by side
+        paths = [os.path.join(args.out_dir, f"base-seed{seed}") for seed in args.seeds]
+        flags = [[*args.extra, "--seed", str(seed)] for seed in args.seeds]
+        bases = dict(zip(args.seeds, pool.map(build_base, paths, flags)))
         futures = [pool.submit(run_arm, arm, seed, bases[seed], args) for arm, seed in jobs]
         for future in futures:
             results.append(future.result())

@@ -8,11 +8,12 @@
 Everything after `--` goes to every train.py run (and to the warm start of the base models)
 unchanged. Each run is one train.py subprocess with OMP_NUM_THREADS=1, `--jobs` at a time (2), in
 runs/regime/<tag>/seed<S>/<run> (the tag names the flags and the step count); a finished run
-(summary.json written) is read, not redone (--rerun redoes it). The seeds (20, 21, 22) are not the
-ones the testbed was tuned on (0, 10-12). Every run of a seed starts from the same warm-started
-base model, runs/regime/<tag>/seed<S>/base_model, built once:
+(summary.json written) is read, not redone (--rerun redoes it). The seeds (40, 41, 42) are not the
+ones the testbed was tuned on (0, 10-12), nor those an earlier testbed was checked on (20-22, 30-32).
+Every run of a seed starts from the same warm-started base model, runs/regime/<tag>/seed<S>/base_model,
+built once (R2 evaluates it with eval_passk.py):
 
-    grpo           --loss grpo --schedule none                              R1, R2
+    grpo           --loss grpo --schedule none                              R1
     eps-low        --loss dapo --schedule none --clip_high 0.05             R3, the knob's authority
     eps-high       --loss dapo --schedule none --clip_high 1.0              (the ends of PIDController's range)
     pid-const      --loss dapo --schedule constant --controller pid         R3, the paper's PID tracking
@@ -25,7 +26,8 @@ H_0 is the mean token entropy of the step-0 rollouts, H_end the mean over the la
 reward rises when its mean over the last 10% of steps is above that over the first 10%.
 
     R1 collapse   grpo: H_end <= 0.40 H_0 while the training reward rises
-    R2 headroom   the base model (grpo's step-0 eval): held-out pass@1 in [0.1, 0.4], pass@16 <= 0.85
+    R2 headroom   the base model, by eval_passk.py on --r2_prompts (512) held-out prompts x 16 samples
+                  (128 prompts left a std of ~0.035 on pass@16): pass@1 in [0.1, 0.4], pass@16 <= 0.85
     R3 knob       |H_end(eps-high) - H_end(eps-low)| >= 0.30 H_0. The sign is printed: "+" when the
                   larger eps_high ends with the higher entropy, as the paper's PID assumes (arXiv
                   2509.26114 shows it can be "-"); a "-" knob cannot be tracked by that PID.
@@ -49,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from entropy_schedule import PIDController  # noqa: E402  (the knob's range: its low and high ends)
-from train import Config, build_embedded_default, parse_config  # noqa: E402
+from train import Config  # noqa: E402
 
 DEFAULT_CONTROLLER = Config().controller
 
@@ -104,15 +106,42 @@ def run(name: str, seed: int, base: str | None, args) -> dict:
             "track_anneal": rows[-1].get("entropy/track_err_anneal")}
 
 
+def build_base(path: str, train_flags: list[str]) -> str:
+    """Warm-start the embedded base model into `path` (unless it is there), in a subprocess with
+    one thread, so that `--jobs` of them build side by side. Returns `path`."""
+    if not os.path.exists(os.path.join(path, "config.json")):
+        code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch; torch.set_num_threads(1); "
+                f"import train; train.build_embedded_default({path!r}, train.parse_config({train_flags!r}))")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the base model {path} failed:\n{proc.stderr[-2000:]}")
+    return path
+
+
 def base_model(seed: int, args) -> str | None:
     """The warm-started base model of this seed, built once for all its runs (None: the caller
     passed its own --model in the train.py flags)."""
     if "--model" in args.extra:
         return None
-    path = os.path.join(args.out_dir, f"seed{seed}", "base_model")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        build_embedded_default(path, parse_config([*args.extra, "--seed", str(seed)]))
-    return path
+    return build_base(os.path.join(args.out_dir, f"seed{seed}", "base_model"), [*args.extra, "--seed", str(seed)])
+
+
+def base_headroom(seed: int, base: str | None, args) -> dict:
+    """R2's numbers: the base model's pass@1 and pass@16 on `--r2_prompts` held-out prompts x 16
+    samples, by eval_passk.py (the held-out set train.py evaluates on: its first N problems)."""
+    out = os.path.join(args.out_dir, f"seed{seed}", f"base_eval_{args.r2_prompts}.json")
+    if not os.path.exists(out) or args.rerun:
+        model = base or args.extra[args.extra.index("--model") + 1]
+        command = [sys.executable, os.path.join(ROOT, "eval_passk.py"), "--model", model, "--n", "16",
+                   "--k", "1,16", "--limit", str(args.r2_prompts), "--seed", str(seed), "--out", out]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"base eval seed {seed} failed:\n{proc.stderr[-2000:]}")
+    with open(out) as f:
+        summary = json.load(f)["summary"]
+    return {"pass@1_base": summary["pass@1"], "pass@16_base": summary["pass@16"], "prompts": args.r2_prompts}
 
 
 # ----------------------------------------------------------------------------- the requirements
@@ -129,11 +158,12 @@ def check_r1(grpo: dict) -> tuple[bool, str]:
                 f"held-out pass@1 {grpo['pass@1_base']:.3f} -> {grpo['pass@1_end']:.3f}")
 
 
-def check_r2(grpo: dict) -> tuple[bool, str]:
+def check_r2(base: dict) -> tuple[bool, str]:
     """R2 headroom: the base model's held-out pass@1 in [0.1, 0.4] and pass@16 <= 0.85."""
-    p1, p16 = grpo["pass@1_base"], grpo["pass@16_base"]
+    p1, p16 = base["pass@1_base"], base["pass@16_base"]
     ok = 0.1 <= p1 <= 0.4 and p16 <= 0.85
-    return ok, f"base pass@1 {p1:.3f} (need 0.1-0.4), pass@16 {p16:.3f} (need <= 0.85)"
+    return ok, (f"base pass@1 {p1:.3f} (need 0.1-0.4), pass@16 {p16:.3f} (need <= 0.85), "
+                f"{base['prompts']} held-out prompts x 16")
 
 
 def check_r3_knob(low: dict, high: dict) -> tuple[bool, str]:
@@ -156,7 +186,7 @@ def check_r3_pid(const: dict, sa: dict) -> tuple[bool, str]:
                 f"anneal {a if a is None else round(a, 3)} (<= 0.20)")
 
 
-CHECKS = {"r1": ("R1 collapse", check_r1, ["grpo"]), "r2": ("R2 headroom", check_r2, ["grpo"]),
+CHECKS = {"r1": ("R1 collapse", check_r1, ["grpo"]), "r2": ("R2 headroom", check_r2, ["base-eval"]),
           "r3knob": ("R3 knob", check_r3_knob, ["eps-low", "eps-high"]),
           "r3pid": ("R3 tracking, the paper's PID on clip-high", check_r3_pid, ["pid-const", "pid-sa"]),
           "r3default": (f"R3 tracking, train.py's default controller ({DEFAULT_CONTROLLER})", check_r3_pid,
@@ -184,7 +214,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="train.py flags go after --")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 20 21 22 (--quick: 20)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 40 41 42 (--quick: 40)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default train.py's, --quick 60)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 64 held-out prompts")
     parser.add_argument("--only", nargs="+", choices=list(CHECKS), default=list(CHECKS),
@@ -192,22 +222,29 @@ def main():
     parser.add_argument("--out_dir", default=None, help="default runs/regime/<tag>")
     parser.add_argument("--rerun", action="store_true", help="redo runs already on disk")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--r2_prompts", type=int, default=None,
+                        help="held-out prompts of R2's base-model eval (default 512, --quick 64)")
     args = parser.parse_args(argv)
-    args.seeds = args.seeds or ([20] if args.quick else [20, 21, 22])  # not the seeds we tuned on (0, 10-12)
+    args.r2_prompts = args.r2_prompts or (64 if args.quick else 512)
+    args.seeds = args.seeds or ([40] if args.quick else [40, 41, 42])  # not the seeds we tuned on (0, 10-12)
     args.steps = args.steps or (60 if args.quick else Config().steps)
     args.extra = (["--eval_prompts", "64"] if args.quick else []) + extra  # the caller's flags win
     args.out_dir = args.out_dir or os.path.join(ROOT, "runs", "regime", tag_of(extra, args.steps))
-    names = [n for n in RUNS if any(n in CHECKS[c][2] for c in args.only)]
+    names = [n for n in [*RUNS, "base-eval"] if any(n in CHECKS[c][2] for c in args.only)]
     print(f"runs {names} x seeds {args.seeds}, {args.steps} steps, extra flags {extra} -> {args.out_dir}")
 
     import torch
     torch.set_num_threads(1)  # as train.py: a spinning second thread beside the runs slows the warm start 40x
 
     start = time.time()
-    bases = {seed: base_model(seed, args) for seed in args.seeds}
     jobs = [(name, seed) for seed in args.seeds for name in names]
-    with ThreadPoolExecutor(args.jobs) as pool:  # each run is a subprocess with one thread
-        futures = {job: pool.submit(run, job[0], job[1], bases[job[1]], args) for job in jobs}
+    with ThreadPoolExecutor(args.jobs) as pool:  # each base model, eval and run is a subprocess with one thread
+        bases = dict(zip(args.seeds, pool.map(lambda seed: base_model(seed, args), args.seeds)))
+
+        def do(name: str, seed: int) -> dict:
+            return base_headroom(seed, bases[seed], args) if name == "base-eval" else run(name, seed, bases[seed], args)
+
+        futures = {job: pool.submit(do, *job) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}
     total = time.time() - start
 
@@ -219,7 +256,7 @@ def main():
         lines += [f"  seed {seed}: {verdict(ok)}  {text}" for seed, ok, text in outcomes]
     lines.append("wall time (R4): " + ", ".join(
         f"{name}/s{seed} {r['wall_s']:.0f} s" if r["wall_s"] is not None else f"{name}/s{seed} -"
-        for (name, seed), r in results.items()) + f"; this invocation {total:.0f} s")
+        for (name, seed), r in results.items() if name != "base-eval") + f"; this invocation {total:.0f} s")
     report = "\n".join(lines)
     print(report)
     os.makedirs(args.out_dir, exist_ok=True)

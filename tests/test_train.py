@@ -379,7 +379,7 @@ def test_regime_checks_apply_issue_10_thresholds():
     regime = _regime()
     run = lambda **kw: {"H0": 1.0, "H_end": 0.5, "reward_start": 0.2, "reward_end": 0.4,  # noqa: E731
                         "pass@1_base": 0.2, "pass@16_base": 0.8, "pass@1_end": 0.5,
-                        "track_stable": 0.05, "track_anneal": 0.15, **kw}
+                        "track_stable": 0.05, "track_anneal": 0.15, "prompts": 512, **kw}
     assert regime.check_r1(run(H_end=0.39))[0]
     assert not regime.check_r1(run(H_end=0.41))[0]  # 41% of H0
     assert not regime.check_r1(run(H_end=0.2, reward_end=0.1))[0]  # collapse, but reward fell
@@ -399,17 +399,23 @@ def test_regime_checks_apply_issue_10_thresholds():
 
 
 def test_regime_benchmark_end_to_end(tmp_path):
-    """benchmarks/regime.py at its smallest: one seed, R1 and R2 from a 2-step GRPO run."""
+    """benchmarks/regime.py at its smallest: one seed, R1 from a 2-step GRPO run, R2 from
+    eval_passk.py on the base model."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "regime.py"), "--seeds", "0",
-                           "--steps", "2", "--only", "r1", "r2", "--out_dir", str(tmp_path), "--jobs", "1", "--",
+                           "--steps", "2", "--only", "r1", "r2", "--out_dir", str(tmp_path), "--jobs", "2",
+                           "--r2_prompts", "4", "--",
                            "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25",
                            "--eval_prompts", "4"],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "R1 collapse:" in proc.stdout and "R2 headroom:" in proc.stdout and "seed 0:" in proc.stdout
+    assert "4 held-out prompts x 16" in proc.stdout
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["run"] for r in results] == ["grpo"] and results[0]["pass@16_base"] is not None
+    assert [r.get("run") for r in results] == ["grpo", None] and results[1]["prompts"] == 4
+    base_eval = json.loads((tmp_path / "seed0" / "base_eval_4.json").read_text())
+    assert len(base_eval["per_problem"]) == 4 and base_eval["args"]["n"] == 16
+    assert results[1]["pass@16_base"] == base_eval["summary"]["pass@16"]
 
 
 def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
