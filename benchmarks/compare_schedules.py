@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison on the embedded default: same budget, same base models, 5 seeds.
 
-    python benchmarks/compare_schedules.py            # default size: 7 arms x 5 seeds x 150 steps
+    python benchmarks/compare_schedules.py            # default size: 7 arms x 5 seeds x 200 steps
     python benchmarks/compare_schedules.py --quick    # 1 seed, 30 steps, 64 held-out problems
     python benchmarks/compare_schedules.py --arms grpo,es --seeds 0,1 -- --lr 2e-4   # + train.py flags
 
