@@ -9,7 +9,7 @@ Arms (each is one train.py command line; see ARMS):
   dapo          DAPO: entropy held at a constant target          --schedule constant
   es            Entropy Scheduling: stable, then anneal          --schedule stable-anneal
   es-paper-pid  the same, with the paper's PID on clip-high      --controller pid   (only if asked:
-                --arms; benchmarks/regime.py measures it, and it adds 9 minutes)
+                --arms; benchmarks/regime.py measures it; it adds ~8 minutes)
   es-hard-easy  ES + the two-phase curriculum, hard problems in the stable phase
   es-easy-hard  ES + the two-phase curriculum, the other order
   es-k1         ES with the schedule chosen for pass@1           --passk_goal 1

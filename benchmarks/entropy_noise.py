@@ -2,7 +2,7 @@
 batches when the policy does not change at all.
 
     python train.py --schedule constant --out_dir runs/const          # a policy held at a target
-    python benchmarks/entropy_noise.py --model runs/const/checkpoints/step_000150
+    python benchmarks/entropy_noise.py --model runs/const/checkpoints/step_000200
     python benchmarks/entropy_noise.py --model PATH --prompts 32 64 128 --batches 24
 
 train.py's controller reads H_s, the mean token entropy of one step's batch (step 5), and the

@@ -56,6 +56,7 @@ from train import Config  # noqa: E402
 DEFAULT_CONTROLLER = Config().controller
 
 EPS_LOW, EPS_HIGH = PIDController().low, PIDController().high
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # every subprocess: one core each
 RUNS = {
     "grpo": ["--loss", "grpo", "--schedule", "none"],
     "eps-low": ["--loss", "dapo", "--schedule", "none", "--clip_high", str(EPS_LOW)],
@@ -80,8 +81,7 @@ def run(name: str, seed: int, base: str | None, args) -> dict:
                    *(["--model", base] if base else []), *RUNS[name], *args.extra]
         print(f"  {name:10s} seed {seed}: {' '.join(command[2:])}", flush=True)
         start = time.time()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ONE_THREAD)
         wall = time.time() - start
         with open(os.path.join(out_dir, "train.log"), "w") as f:
             f.write(proc.stdout + proc.stderr)
@@ -112,8 +112,7 @@ def build_base(path: str, train_flags: list[str]) -> str:
     if not os.path.exists(os.path.join(path, "config.json")):
         code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch; torch.set_num_threads(1); "
                 f"import train; train.build_embedded_default({path!r}, train.parse_config({train_flags!r}))")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ONE_THREAD)
         if proc.returncode != 0:
             raise RuntimeError(f"building the base model {path} failed:\n{proc.stderr[-2000:]}")
     return path
@@ -135,8 +134,7 @@ def base_headroom(seed: int, base: str | None, args) -> dict:
         model = base or args.extra[args.extra.index("--model") + 1]
         command = [sys.executable, os.path.join(ROOT, "eval_passk.py"), "--model", model, "--n", "16",
                    "--k", "1,16", "--limit", str(args.r2_prompts), "--seed", str(seed), "--out", out]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ONE_THREAD)
         if proc.returncode != 0:
             raise RuntimeError(f"base eval seed {seed} failed:\n{proc.stderr[-2000:]}")
     with open(out) as f:
