@@ -8,22 +8,29 @@ learning rate, and control it at every step:
 
     H*(s)    = schedule(s)                                   target mean token entropy at step s
     e_s      = (H*(s) - H_s) / H*(s)                         relative tracking error
-    eps_high = clamp(eps0 + Kp e_s + Ki sum e + Kd (e_s - e_{s-1}), eps_min, eps_max)
+    knob_s   = clamp(k0 + Kp e_s + Ki sum e + Kd (e_s - e_{s-1}), low, high)
 
-The last line is the paper's mechanism as its public reviews describe it: a PID controller on the
-upper clip bound of DAPO's objective (a larger eps_high lets low-probability tokens with positive
-advantage grow, so entropy rises; a smaller one holds them back, so it falls). The paper does not
-publish gains, targets or anneal start; every number below is ours, and says what it was tuned on.
+The paper's knob, as its public reviews describe it, is the upper clip bound eps_high of DAPO's
+objective (`make_controller("pid")`): a larger eps_high lets low-probability tokens with positive
+advantage grow, so entropy rises; a smaller one holds them back. That bound acts only on tokens
+whose ratio pi / pi_old has left the clip band, so its authority depends on the task: on a task
+whose every token decides the answer it barely moves entropy, and train.py's default controller
+there is the same PID on a signed entropy coefficient ("pid-entropy"), which acts on entropy
+directly (README says when each applies). The paper does not publish gains, targets or anneal
+start; every number below is ours, and says what it was tuned on.
 
 What is here:
   * `EntropySchedule`: none | constant | linear | cosine | stable-anneal | cyclic, with optional
-    warm-up; `target(step)` and `phase(step)` ("stable" / "anneal", which curriculum.py follows).
+    warm-up, in nats or relative to the starting entropy H0; `target(step)` and `phase(step)`
+    ("stable" / "anneal", which curriculum.py follows).
   * `schedule_for_goal(k, ...)`: the pass@k goal -> schedule rule (ours; see its docstring).
   * Controllers with one interface, `update(measured, target) -> knob`, by name:
       "pid"          PIDController on eps_high: the paper's (relative error: scale-free gains);
       "pid-entropy"  the same PID on a signed entropy coefficient (bonus or minimisation);
       "skywork"      Skywork-OR1's bang-bang rule on an entropy-bonus coefficient;
       "balance"      EntroPIC's knob: the weight of negative vs positive advantages.
+  * `loss_arguments(name, knob)`: the keyword arguments of loss.policy_loss a knob sets; the one
+    way a controller reaches the loss.
   * `TrackingError`: mean |H - H*| / H* per phase, the measure of how well a controller follows.
 Every object has state_dict / load_state_dict for checkpoints.
 
@@ -74,36 +81,62 @@ class EntropySchedule(_Stateful):
     stable-anneal: start for `stable_frac` of the run, then `anneal_shape` to end
                    (warmup-stable-decay; the shape the paper finds best)
     cyclic:        cosine between start and end with period `period` steps (rise and fall)
-    warmup_steps:  before them H* ramps linearly from `warmup_from` (the entropy measured at
-                   step 0, set by the trainer) to start, as an LR warm-up does.
+    warmup_steps:  before them H* ramps linearly from H0 to start, as an LR warm-up does.
+
+    Targets may be absolute (nats) or relative to H0, the entropy the policy has when training
+    starts: leave `start` None for start = start_ratio x H0, `end` None for end = end_ratio x start.
+    The trainer sets `initial_entropy` = H0 at its first step; phases never depend on it.
 
     >>> s = EntropySchedule("stable-anneal", start=1.0, end=0.2, total_steps=100, stable_frac=0.5,
     ...                     anneal_shape="linear")
     >>> [round(s.target(step), 3) for step in (0, 49, 50, 75, 100)]
     [1.0, 1.0, 1.0, 0.6, 0.2]
+    >>> s = EntropySchedule("constant", total_steps=100)  # relative: held at H0
+    >>> s.phase(0), s.initial_entropy
+    ('stable', None)
+    >>> s.initial_entropy = 0.8
+    >>> s.target(0), s.end_value
+    (0.8, 0.24)
     """
 
     name: str = "stable-anneal"
-    start: float = 1.0
-    end: float = 0.3
+    start: float | None = None  # nats; None: start_ratio x H0
+    end: float | None = None  # nats; None: end_ratio x start
     total_steps: int = 100
     stable_frac: float = 0.5
     anneal_shape: str = "cosine"
     period: int = 50
     warmup_steps: int = 0
-    warmup_from: float | None = None
+    start_ratio: float = 1.0
+    end_ratio: float = 0.3
+    initial_entropy: float | None = None  # H0, measured by the trainer at its first step
 
     def __post_init__(self):
         if self.name not in SCHEDULES:
             raise ValueError(f"schedule: unknown name {self.name!r}; choose one of {', '.join(SCHEDULES)}")
         if self.anneal_shape not in ANNEAL_SHAPES:
             raise ValueError(f"anneal_shape must be 'linear' or 'cosine', got {self.anneal_shape!r}")
-        if self.name != "none" and (self.start <= 0 or self.end <= 0):
+        if any(v is not None and v <= 0 for v in (self.start, self.end)) or \
+                self.start_ratio <= 0 or self.end_ratio <= 0:
             raise ValueError(f"entropy targets must be > 0 nats (start={self.start}, end={self.end})")
         if not 0.0 <= self.stable_frac <= 1.0:
             raise ValueError(f"stable_frac must be in [0, 1], got {self.stable_frac}")
         if self.total_steps < 1 or self.period < 2 or self.warmup_steps < 0:
             raise ValueError("total_steps must be >= 1, period >= 2 and warmup_steps >= 0")
+
+    @property
+    def start_value(self) -> float:
+        """The stable target in nats."""
+        if self.start is not None:
+            return self.start
+        if self.initial_entropy is None:
+            raise ValueError("this schedule's targets are relative to H0: set initial_entropy first")
+        return self.start_ratio * self.initial_entropy
+
+    @property
+    def end_value(self) -> float:
+        """The target at the end of the anneal, in nats."""
+        return self.end if self.end is not None else self.end_ratio * self.start_value
 
     @property
     def anneal_start(self) -> int:
@@ -119,17 +152,18 @@ class EntropySchedule(_Stateful):
         """H*(step) in nats, or None for the "none" schedule."""
         if self.name == "none":
             return None
+        start, end = self.start_value, self.end_value
         if step < self.warmup_steps:
-            begin = self.start if self.warmup_from is None else self.warmup_from
-            return begin + (self.start - begin) * step / self.warmup_steps
+            begin = start if self.initial_entropy is None else self.initial_entropy
+            return begin + (start - begin) * step / self.warmup_steps
         if self.name == "constant":
-            return self.start
+            return start
         if self.name == "cyclic":
             position = ((step - self.warmup_steps) % self.period) / self.period
-            return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(2 * math.pi * position))
+            return end + (start - end) * 0.5 * (1 + math.cos(2 * math.pi * position))
         shape = self.anneal_shape if self.name == "stable-anneal" else self.name
         span = max(self.total_steps - self.anneal_start, 1)
-        return _anneal((step - self.anneal_start) / span, self.start, self.end, shape)
+        return _anneal((step - self.anneal_start) / span, start, end, shape)
 
     def phase(self, step: int) -> str:
         """"stable" or "anneal". Cyclic: "anneal" while the target falls. None: time-based, from
@@ -140,12 +174,13 @@ class EntropySchedule(_Stateful):
         return "anneal" if step >= self.anneal_start else "stable"
 
 
-def schedule_for_goal(k: int, total_steps: int, initial_entropy: float) -> EntropySchedule:
+def schedule_for_goal(k: int, total_steps: int, initial_entropy: float | None = None) -> EntropySchedule:
     """Propose a stable-anneal schedule for a pass@k goal (our rule; override any field after).
 
     The paper finds that an optimal constant entropy exists per k, lower for small k, and that the
     anneal should come late; larger k rewards diversity. We interpolate in u = log(k) / log(100),
-    clipped to [0, 1] (pass@1 -> u = 0, pass@100 -> u = 1), relative to the base model's entropy H0:
+    clipped to [0, 1] (pass@1 -> u = 0, pass@100 -> u = 1), relative to the base model's entropy H0
+    (`initial_entropy`; None: the entropy the trainer measures at its first step):
 
         start       = H0 * (0.8 + 0.4 u)      pass@1: 0.8 H0     pass@100: 1.2 H0
         end         = H0 * (0.25 + 0.5 u)     pass@1: 0.25 H0    pass@100: 0.75 H0
@@ -158,8 +193,12 @@ def schedule_for_goal(k: int, total_steps: int, initial_entropy: float) -> Entro
     if k < 1:
         raise ValueError(f"pass@k goal needs k >= 1, got {k}")
     u = min(max(math.log(k) / math.log(100), 0.0), 1.0)
-    return EntropySchedule("stable-anneal", start=round(initial_entropy * (0.8 + 0.4 * u), 6),
-                           end=round(initial_entropy * (0.25 + 0.5 * u), 6), total_steps=total_steps,
+    start_ratio, end_ratio = 0.8 + 0.4 * u, 0.25 + 0.5 * u  # of H0
+    if initial_entropy is None:
+        return EntropySchedule("stable-anneal", total_steps=total_steps, stable_frac=round(0.3 + 0.5 * u, 6),
+                               start_ratio=start_ratio, end_ratio=end_ratio / start_ratio)
+    return EntropySchedule("stable-anneal", start=round(initial_entropy * start_ratio, 6),
+                           end=round(initial_entropy * end_ratio, 6), total_steps=total_steps,
                            stable_frac=round(0.3 + 0.5 * u, 6))
 
 
@@ -176,19 +215,19 @@ class PIDController(_Stateful):
     on a bound and the error pushes further past it, so the controller leaves the bound as soon as
     the error changes sign instead of first unwinding a large sum.
 
-    Knobs (`name`, read by train.py):
+    Knobs (`name`; `loss_arguments` maps it into the loss):
       clip_high     the paper's. eps_high above DAPO's 0.28 lets low-probability tokens with positive
                     advantage grow (entropy up); below it clips them early (entropy down). It acts
                     only on tokens whose ratio left [1 - eps_low, 1 + eps_high], so its authority
                     grows with how off-policy the updates are (DAPO: 16 mini-batches per rollout).
-                    On the embedded default few tokens reach the clip and the knob barely moves
-                    entropy: README "Results" gives the measurement.
+                    On a task whose every token decides the answer few tokens reach the clip
+                    and the knob barely moves entropy (README gives the measurement).
       entropy_coef  a signed entropy coefficient (`make_controller("pid-entropy")`): > 0 is a bonus,
                     < 0 entropy minimisation. Direct authority both ways, at the price of a term
                     in the loss that is not the policy gradient.
 
     Default gains: tuned by hand on the simulated plant of tests/test_entropy_schedule.py and the
-    embedded default (benchmarks/compare_schedules.py): a 50% entropy shortfall opens eps_high by
+    built-in testbed (benchmarks/compare_schedules.py): a 50% entropy shortfall opens eps_high by
     kp * 0.5 = 0.25 at once; ki removes the steady offset over ~10 steps.
     """
 
@@ -227,11 +266,11 @@ PIDClipController = PIDController  # the paper's controller under its own name
 
 def pid_on_entropy_coef(**overrides) -> PIDController:
     """PID on a signed entropy coefficient in [-1, 0.5]. A wider range downwards than upwards:
-    entropy minimisation must beat the policy gradient to anneal on time (on the embedded default
+    entropy minimisation must beat the policy gradient to anneal on time (on the built-in testbed
     a floor of -0.5 saturated and lagged the anneal). Twice the gains of the clip-high PID: the
-    warm-started policy sharpens fast in its first ~25 steps, and on the embedded default (seed 0,
-    64 prompts a step) doubling kp and ki cut the error of those steps from 0.19 to 0.11 (README
-    "Is the testbed in the paper's regime?")."""
+    warm-started policy sharpens fast in its first ~25 steps, and on the testbed (seed 0, 64
+    prompts a step) doubling kp and ki cut the error of those steps from 0.19 to 0.11
+    (docs/results.md, "Is the testbed in the paper's regime?")."""
     return PIDController(**{"init": 0.0, "kp": 1.0, "ki": 0.1, "low": -1.0, "high": 0.5,
                             "name": "entropy_coef", **overrides})
 
@@ -308,6 +347,20 @@ def make_controller(name: str, **overrides):
     if name not in CONTROLLERS:
         raise ValueError(f"controller: unknown name {name!r}; choose one of {', '.join(CONTROLLERS)}")
     return CONTROLLERS[name](**overrides)
+
+
+def loss_arguments(knob_name: str, knob: float) -> dict[str, float]:
+    """The keyword arguments of `loss.policy_loss` that a controller's knob sets (the others keep
+    their configured values): the one way a controller reaches the loss.
+
+    >>> loss_arguments("clip_high", 0.31), loss_arguments("adv_balance", 0.25)
+    ({'clip_high': 0.31}, {'pos_weight': 0.75, 'neg_weight': 1.25})
+    """
+    if knob_name in ("clip_high", "entropy_coef"):
+        return {knob_name: knob}
+    if knob_name == "adv_balance":  # w+ = 1 - b, w- = 1 + b (BalanceController)
+        return {"pos_weight": 1 - knob, "neg_weight": 1 + knob}
+    raise ValueError(f"unknown knob {knob_name!r}: clip_high, entropy_coef or adv_balance")
 
 
 # ----------------------------------------------------------------------------- tracking quality

@@ -15,11 +15,12 @@ each other across checkpoints.
     torchrun --standalone --nproc_per_node=8 eval_passk.py --model Qwen/Qwen2.5-Math-1.5B \\
         --dataset math --split test --limit 500 --num_samples 16 --k 1,4,16 --out results.json
 
-Under torchrun the prompts are split across ranks and the counts gathered on rank 0.
-Left out: maj@k (majority voting) and temperature sweeps; pass@k at one temperature is what the
-paper's goals are stated in.
+Under torchrun the prompts are split across ranks (`evaluate_on_ranks`, which train.py uses too)
+and every rank gets the counts back in the problems' order. Left out: maj@k (majority voting) and
+temperature sweeps; pass@k at one temperature is what the paper's goals are stated in.
 
-`pass_at_k` is copyable alone (standard library); the command imports the rest when it runs.
+`pass_at_k` is copyable alone (standard library); the command needs rollout.py, reward.py, data.py
+and distributed.py beside it (testbed.py too for the built-in task), imported when it runs.
 """
 from __future__ import annotations
 
@@ -90,6 +91,26 @@ def evaluate_passk(model, tokenizer, problems: list[dict], reward_fn, n: int, ks
             **summarize(correct, n, ks)}
 
 
+def evaluate_on_ranks(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
+                      max_new_tokens: int, **kwargs) -> dict:
+    """`evaluate_passk` with the problems split across ranks: rank r samples problems[r::world]
+    (any split: a rank may get fewer problems, or none). Every rank returns the whole result, its
+    per-problem counts in the problems' own order. One process: the same as `evaluate_passk`."""
+    import torch.distributed as dist
+
+    from distributed import all_gather_list
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    parts = all_gather_list([evaluate_passk(model, tokenizer, problems[rank::world], reward_fn, n, ks,
+                                            max_new_tokens, **kwargs)])
+    correct = [0] * len(problems)
+    for r, part in enumerate(parts):
+        correct[r::world] = part["correct"]
+    tokens = sum(part["tokens"] for part in parts)
+    entropy = sum(part["entropy"] * part["tokens"] for part in parts) / max(tokens, 1)
+    return {"correct": correct, "n": n, "entropy": entropy, "tokens": tokens, **summarize(correct, n, ks)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -110,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--max_new_tokens", type=int, default=None,
-                        help="default: 4 for arithmetic, 1024 otherwise (as train.py)")
+                        help="default: data.default_max_new_tokens (4 for arithmetic, 1024 otherwise)")
     parser.add_argument("--prompts_per_batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write per-problem counts and the summary here")
@@ -121,10 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--k {k}: each k must be between 1 and --n {args.n} (samples per problem)")
 
     import torch
-    import torch.distributed as dist
 
-    from reward import load_problems, make_verifier
-    from rollout import format_prompts, load_policy, setup_distributed, teardown_distributed  # as training does
+    from data import default_max_new_tokens, load_problems
+    from distributed import setup_distributed, teardown_distributed
+    from reward import make_verifier
+    from rollout import format_prompts, load_policy
 
     try:
         reward_fn, verifier_note = make_verifier(args.verifier)
@@ -133,7 +155,6 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world, device = setup_distributed()
     if rank == 0:
         print(f"verifier: {verifier_note}", flush=True)
-    distributed = dist.is_initialized()
     torch.manual_seed(args.seed + rank)
     # each rank holds a whole copy (no optimizer, no gradients): bf16 on a GPU, fp32 on a CPU
     model, tokenizer = load_policy(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -141,23 +162,13 @@ def main(argv: list[str] | None = None) -> dict:
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
                              limit=args.limit or None)
     problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
-    max_new = args.max_new_tokens or (4 if args.dataset == "arithmetic" else 1024)
+    max_new = args.max_new_tokens or default_max_new_tokens(args.dataset)
     if rank == 0:
         print(f"pass@k of {args.model}: {len(problems)} prompts x {args.n} samples x <= {max_new} tokens, "
               f"over {world} rank(s) on {device.type}", flush=True)
-    mine = problems[rank::world]  # any split: a rank may get fewer prompts, or none
-    result = evaluate_passk(model, tokenizer, mine, reward_fn, args.n, ks, max_new,
-                            args.temperature, args.top_p, args.prompts_per_batch, progress=rank == 0)
-    if distributed:  # gather every rank's counts; re-interleave into the original problem order
-        gathered = [None] * world
-        dist.all_gather_object(gathered, result)
-        correct = [None] * len(problems)
-        for r, part in enumerate(gathered):
-            correct[r::world] = part["correct"]
-        tokens = sum(p["tokens"] for p in gathered)
-        entropy = sum(p["entropy"] * p["tokens"] for p in gathered) / max(tokens, 1)
-        result = {"correct": correct, "n": args.n, "entropy": entropy, "tokens": tokens,
-                  **summarize(correct, args.n, ks)}
+    result = evaluate_on_ranks(model, tokenizer, problems, reward_fn, args.n, ks, max_new,
+                               temperature=args.temperature, top_p=args.top_p,
+                               prompts_per_batch=args.prompts_per_batch, progress=rank == 0)
     if rank == 0:
         print(f"\n{args.model} on {args.dataset} ({len(problems)} problems, n={args.n}, "
               f"T={args.temperature})")
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "per_problem": [{"prompt": p["prompt"], "answer": p["answer"], "correct": c}
                                            for p, c in zip(problems, result["correct"])]}, f, indent=1)
             print(f"wrote {args.out}")
-    teardown_distributed()  # under torchrun: barrier, destroy, exit (see rollout.py)
+    teardown_distributed()  # under torchrun: barrier, destroy, exit (see distributed.py)
     return result
 
 

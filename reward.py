@@ -1,59 +1,54 @@
 """Verifiable rewards: did the completion reach the reference answer?
 
-RL with verifiable rewards (RLVR, as in DeepSeek-R1, DAPO and the Entropy Scheduling paper) scores a
-completion with a rule, not a learned reward model:
+    R(completion, answer) = 1  if extract_answer(completion) equals answer mathematically, else 0
 
-    R(completion, answer) = 1  if extract_answer(completion) equals answer mathematically, else 0.
+RL with verifiable rewards (DeepSeek-R1, DAPO, the Entropy Scheduling paper) scores a completion
+with a rule, not a learned reward model. The rule is what RL optimises, so a false positive is a
+reward hack the policy will find: this file is long because its parser is hardened against wrong
+answers that look right, and every branch is pinned by the adversarial tables of
+tests/test_reward_tables.py. Read the public API (first ~130 lines); skip the parser below its
+banner unless you are changing what counts as equal.
 
-This file holds that rule and the tasks it scores:
+The public API:
+  * `math_reward(completion, answer)`: 1.0 / 0.0. Several boxed answers count together only when
+    the reference lists that many values without order (\\boxed{3} and \\boxed{5} for "3, 5").
+  * `make_verifier(name)`: the reward function `--verifier` names: the built-in rule, or the rule
+    with the optional `math_verify` package (HuggingFace) deciding what the rule cannot (symbolic
+    forms: \\sqrt{8} = 2\\sqrt{2}). The rule's "different" is final, so math-verify only adds
+    correct positives: alone it would accept "3 \\text{ or more}" for 3 and 1011 for 1011_2.
+  * `overlong_penalty`: DAPO's soft length penalty (Yu et al. 2025, Eq. 13).
   * `extract_answer`: the last \\boxed{...}, else GSM8K's "#### 42", else "... answer is 42" or
     "Answer: 42", else a completion that is just a number (the built-in task answers that way).
-  * `answers_match`: equality that is mathematical, not textual (`normalize`, then `parse_value`):
+  * `answers_match`: equality that is mathematical, not textual:
       - numbers: 1,000 = 1{,}000 = 1\\,000 = 1000; $18 = 18 dollars = 18; 50\\% = 50;
-        0.5 = 1/2 = \\frac{1}{2} = \\dfrac12 = \\cfrac{1}{2} = \\left( \\frac12 \\right); -3 = - 3;
-        2 million = 2000000; x = 5 is 5; a trailing "." and unit words (`UNITS`) are dropped;
+        0.5 = 1/2 = \\frac{1}{2} = \\dfrac12 = \\left( \\frac12 \\right); -3 = - 3; 2 million = 2000000;
+        x = 5 is 5; a trailing "." and unit words (`UNITS`) are dropped;
       - a decimal with at least 6 significant digits equals a fraction with no finite decimal
-        expansion when it is right to within one unit of its last digit: 0.0833333 = 1/12, 0.08 != 1/12;
-      - tuples and intervals element by element, in order, brackets kept: (1,\\frac92) = (1,4.5),
-        [1,2) != (1,2); sets \\{1,2\\} and bare lists "3, 5" in any order; unions of intervals;
-      - other LaTeX as text once normalised: \\sqrt3 = \\sqrt{3}, \\frac{\\pi}{2} = \\pi/2, 1011_{2} = 1011_2.
+        expansion within one unit of its last digit: 0.0833333 = 1/12, 0.08 != 1/12;
+      - tuples and intervals element by element, brackets kept: (1,\\frac92) = (1,4.5), [1,2) != (1,2);
+        sets \\{1,2\\} and bare lists "3, 5" in any order; unions of intervals;
+      - other LaTeX as text once normalised: \\sqrt3 = \\sqrt{3}, \\frac{\\pi}{2} = \\pi/2.
     A word glued to a number that is not a unit (2x, 5i, 3n, 4k, "3 or more") voids it; a comma is a
-    thousands separator only in the pattern 1-3 digits then groups of 3, with no space and no leading 0,
-    and only in a lone number (inside brackets a comma always separates elements).
-  * `math_reward`: 1.0 / 0.0 on a completion; several boxed answers count together only when the
-    reference lists that many values without order (\\boxed{3} and \\boxed{5} for "3, 5").
-  * `make_verifier`: the reward function `--verifier` names: the built-in rule, or the built-in rule
-    with the optional `math_verify` package (HuggingFace) deciding what the rule cannot (symbolic forms:
-    \\sqrt{8} = 2\\sqrt{2}, 2^{10} = 1024). The rule's "different" is final, so math-verify can only add
-    correct positives: it alone would accept "3 \\text{ or more}" for 3 and 1011 for 1011_2.
-  * `overlong_penalty`: DAPO's soft length penalty (Yu et al. 2025, Eq. 13).
-  * `arithmetic_problems`: the built-in offline task of the embedded default: sums of single digits,
-    "3+5+2=" -> "10", whose level is the number of "+" signs.
-  * `load_problems`: GSM8K, MATH, DAPO-Math-17k (through `datasets`, imported lazily) or a local
-    .jsonl / .json / .parquet file, validated row by row.
+    thousands separator only in the pattern 1-3 digits then groups of 3, with no space and no
+    leading 0, and only in a lone number (inside brackets a comma always separates elements).
 
 Model output is adversarial: the verifier never raises and never hangs. Inputs are cut to their last
 `MAX_CHARS` characters, brackets are matched by linear scans (no backtracking regex; recursion only
 into tuples and sets, at most `MAX_DEPTH` deep), a number longer than `MAX_NUMBER_CHARS` is never
-converted, and a tuple, set or list holds at most `MAX_ELEMENTS` (sets are compared by sorting, not by
-trying all pairings). tests/test_reward.py pins the time bound.
+converted, and a tuple, set or list holds at most `MAX_ELEMENTS`. tests/test_reward.py pins the
+time bound.
 
 Left out: learned reward models and LLM judges (RLVR's point is a rule that cannot be gamed by
-style), code-execution rewards, symbolic algebra in the built-in rule (\\sqrt{8} vs 2\\sqrt{2} is
-math-verify's job), decimals standing for irrationals (0.866025 is not \\frac{\\sqrt3}{2}: the reference
-asks for the exact form), 50\\% = 0.5 (a percentage is its number, as GSM8K writes it), bare letters as
-units (5m is 5 times m; 5\\text{ m} is 5), and matrices.
+style), code-execution rewards, symbolic algebra in the built-in rule (math-verify's job), decimals
+standing for irrationals (0.866025 is not \\frac{\\sqrt3}{2}), 50\\% = 0.5 (a percentage is its
+number, as GSM8K writes it), bare letters as units (5m is 5 times m; 5\\text{ m} is 5), matrices.
 
-Copyable alone: standard library only (`datasets` / `pandas` only inside `load_problems`, and
-`math_verify` only inside `make_verifier` / `math_reward(use_math_verify=True)`, when installed).
+Copyable alone: standard library only (`math_verify` only inside `make_verifier`, when installed).
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import random
 import re
 import threading
 from fractions import Fraction
@@ -66,6 +61,135 @@ MAX_DEPTH = 4  # nesting of tuples / sets; deeper parts are compared as text
 MAX_MATH_VERIFY_CHARS = 1_000  # longer answers are not sent to math-verify (its parser is slow)
 
 
+# ============================================================================ the public API
+
+def math_reward(completion: str, answer: str, use_math_verify: bool = False,
+                timeout_s: float = 5.0) -> float:
+    """1.0 when the completion's final answer equals `answer`, else 0.0. Never raises.
+
+    `use_math_verify=True` asks the optional `math_verify` package (when installed) about answers the
+    built-in rule cannot decide (symbolic forms: \\sqrt{8} = 2\\sqrt{2}); the rule's own "equal" and
+    "different" are final. `timeout_s` bounds each of math-verify's steps (see `make_verifier`).
+
+    >>> math_reward(r"... so the total is \\boxed{\\dfrac12}", "0.5")
+    1.0
+    """
+    try:
+        reference = str(answer)
+        candidates = _candidates(completion, reference)
+        verdicts = [_verdict(candidate, reference) for candidate in candidates]
+        if True in verdicts:
+            return 1.0
+        if use_math_verify and verdicts and verdicts[0] is None:
+            return float(_math_verify_equal(candidates[0], reference, timeout_s))
+        return 0.0
+    except Exception:  # noqa: BLE001 - model output must never crash training
+        return 0.0
+
+VERIFIERS = ("builtin", "math-verify", "auto")
+
+
+def make_verifier(name: str = "auto", timeout_s: float = 5.0) -> tuple[Callable[[str, str], float], str]:
+    """The reward function `--verifier` names, and a one-line description to log.
+
+        builtin      the rule of this file alone (standard library).
+        math-verify  the rule first; what it cannot decide (symbolic forms), HuggingFace's
+                     math-verify decides, each parse / comparison limited to timeout_s.
+                     ValueError when math-verify is not installed.
+        auto         math-verify when it is installed, else builtin.
+
+    The rule's "different" is final: math-verify only adds positives the rule cannot see, and cannot
+    accept what the rule rejects (math-verify alone says "3 \\text{ or more}" = 3 and 1011 = 1011_2).
+    math-verify's timeouts use SIGALRM: whole seconds (timeout_s is rounded up), main thread only
+    (from another thread it is not asked, and the undecided answer scores 0).
+
+    >>> reward_fn, description = make_verifier("builtin")
+    >>> reward_fn(r"\\boxed{\\frac{1}{2}}", "0.5"), description
+    (1.0, 'built-in rule')
+    """
+    if name not in VERIFIERS:
+        raise ValueError(f"--verifier {name!r}: choose one of {', '.join(VERIFIERS)}")
+    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"verifier timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+    if name == "builtin":
+        return math_reward, "built-in rule"
+    version = _math_verify_version()
+    if version is None:
+        if name == "math-verify":
+            raise ValueError("--verifier math-verify: the math-verify package is not installed; "
+                             "fix: pip install math-verify (or pass --verifier builtin)")
+        return math_reward, "built-in rule (math-verify not installed)"
+    seconds = _whole_seconds(timeout_s)
+    reward_fn = functools.partial(math_reward, use_math_verify=True, timeout_s=seconds)
+    return reward_fn, f"math-verify {version} (timeout {seconds} s), built-in rule first"
+
+def overlong_penalty(length: int, max_length: int, buffer: int, penalty: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13), added to the reward:
+
+        R_length(L) = min(-(L - (L_max - L_buf)) / L_buf * penalty, 0)
+
+    0 up to L_max - L_buf tokens, then a linear ramp down to -penalty at L_max.
+
+    >>> overlong_penalty(90, max_length=100, buffer=20)
+    -0.5
+    """
+    if buffer <= 0:
+        return 0.0
+    return min(-(length - (max_length - buffer)) / buffer * penalty, 0.0)
+
+def format_reward(completion: str) -> float:
+    """1.0 when the completion states a final answer in a form `extract_answer` finds, else 0.0."""
+    try:
+        return float(extract_answer(completion) is not None)
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+def extract_answer(text: str) -> str | None:
+    """The final answer a completion states, or None when it states none.
+
+    Order: the last \\boxed{...}; else the last "#### ..." line (GSM8K); else what follows the last
+    "answer is" or "Answer:" (DAPO-Math) on its line, up to the end of its $...$ or of its sentence;
+    else the whole completion when it is a plain number.
+
+    >>> extract_answer("6 * 7 = 42. #### 42")
+    '42'
+    >>> extract_answer("The final answer is $\\\\frac{1}{2}$. I hope it is correct.")
+    '\\\\frac{1}{2}'
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    text = text[-MAX_CHARS:]
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    hashes = text.rfind("####")
+    if hashes >= 0:
+        return text[hashes + 4 :].strip().split("\n")[0].strip() or None
+    lower = text.lower()
+    said = max((lower.rfind(cue), cue) for cue in ("answer is", "answer:"))  # DAPO: "Answer: 42"
+    if said[0] >= 0:
+        answer = text[said[0] + len(said[1]) :].split("\n")[0].strip(" :*")
+        if answer.startswith("$") and "$" in answer.lstrip("$"):  # "is $\frac{1}{2}$. I hope..."
+            answer = answer.lstrip("$").split("$")[0]
+        answer = answer.split(". ")[0].strip(" *$")  # "is 18. That is..." (but 3.5 stays 3.5)
+        return answer or None
+    stripped = text.strip()
+    if stripped and to_number(normalize(stripped)) is not None:
+        return stripped
+    return None
+
+def answers_match(predicted: str, reference: str) -> bool:
+    """True when the built-in rule finds two answers equal (see the module docstring).
+
+    >>> answers_match(r"\\left( 1, \\frac{9}{2} \\right)", "(1, 4.5)"), answers_match("2x", "2")
+    (True, False)
+    """
+    return _verdict(predicted, reference) is True
+
+
+# ============================================================================ the hardened parser
+# Everything below serves `extract_answer` and `answers_match`, and is pinned by the adversarial
+# tables of tests/test_reward_tables.py: change a line only with a test that shows why.
 # ----------------------------------------------------------------------------- extraction
 def _box_at(text: str, start: int) -> tuple[str | None, int]:
     """(content, end) of the \\boxed{...} or \\fbox{...} starting at `start`; content None if unbalanced."""
@@ -111,41 +235,6 @@ def all_boxed(text: str) -> list[str]:
         if content is None:
             return found
         found.append(content)
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer a completion states, or None when it states none.
-
-    Order: the last \\boxed{...}; else the last "#### ..." line (GSM8K); else what follows the last
-    "answer is" or "Answer:" (DAPO-Math) on its line, up to the end of its $...$ or of its sentence;
-    else the whole completion when it is a plain number.
-
-    >>> extract_answer("6 * 7 = 42. #### 42")
-    '42'
-    >>> extract_answer("The final answer is $\\\\frac{1}{2}$. I hope it is correct.")
-    '\\\\frac{1}{2}'
-    """
-    if not isinstance(text, str) or not text:
-        return None
-    text = text[-MAX_CHARS:]
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    hashes = text.rfind("####")
-    if hashes >= 0:
-        return text[hashes + 4 :].strip().split("\n")[0].strip() or None
-    lower = text.lower()
-    said = max((lower.rfind(cue), cue) for cue in ("answer is", "answer:"))  # DAPO: "Answer: 42"
-    if said[0] >= 0:
-        answer = text[said[0] + len(said[1]) :].split("\n")[0].strip(" :*")
-        if answer.startswith("$") and "$" in answer.lstrip("$"):  # "is $\frac{1}{2}$. I hope..."
-            answer = answer.lstrip("$").split("$")[0]
-        answer = answer.split(". ")[0].strip(" *$")  # "is 18. That is..." (but 3.5 stays 3.5)
-        return answer or None
-    stripped = text.strip()
-    if stripped and to_number(normalize(stripped)) is not None:
-        return stripped
-    return None
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -384,15 +473,6 @@ _MATH_WORDS = {"sqrt", "pi", "sin", "cos", "tan", "log", "ln", "exp", "inf", "in
 _ORDER_FREE = {"{}", ","}
 
 
-def answers_match(predicted: str, reference: str) -> bool:
-    """True when the built-in rule finds two answers equal (see the module docstring).
-
-    >>> answers_match(r"\\left( 1, \\frac{9}{2} \\right)", "(1, 4.5)"), answers_match("2x", "2")
-    (True, False)
-    """
-    return _verdict(predicted, reference) is True
-
-
 def _verdict(predicted: str, reference: str) -> bool | None:
     """True or False when the rule can tell, None when it cannot (symbolic forms such as
     \\sqrt{8} vs 2\\sqrt{2}: math-verify's job, when asked)."""
@@ -458,7 +538,6 @@ def _sort_key(tree: tuple) -> tuple:
     return (2, 0, kind, tuple(sorted(keys) if kind in _ORDER_FREE | {"cup"} else keys))
 
 
-# ----------------------------------------------------------------------------- the reward
 def _candidates(completion: str, reference: str) -> list[str]:
     """The answers a completion states: its final answer, and, when the reference lists n >= 2 values
     without order ("3, 5" or \\{3, 5\\}) and the completion boxes exactly n answers, those boxes
@@ -476,69 +555,7 @@ def _candidates(completion: str, reference: str) -> list[str]:
     return [final]
 
 
-def math_reward(completion: str, answer: str, use_math_verify: bool = False,
-                timeout_s: float = 5.0) -> float:
-    """1.0 when the completion's final answer equals `answer`, else 0.0. Never raises.
-
-    `use_math_verify=True` asks the optional `math_verify` package (when installed) about answers the
-    built-in rule cannot decide (symbolic forms: \\sqrt{8} = 2\\sqrt{2}); the rule's own "equal" and
-    "different" are final. `timeout_s` bounds each of math-verify's steps (see `make_verifier`).
-
-    >>> math_reward(r"... so the total is \\boxed{\\dfrac12}", "0.5")
-    1.0
-    """
-    try:
-        reference = str(answer)
-        candidates = _candidates(completion, reference)
-        verdicts = [_verdict(candidate, reference) for candidate in candidates]
-        if True in verdicts:
-            return 1.0
-        if use_math_verify and verdicts and verdicts[0] is None:
-            return float(_math_verify_equal(candidates[0], reference, timeout_s))
-        return 0.0
-    except Exception:  # noqa: BLE001 - model output must never crash training
-        return 0.0
-
-
-# ----------------------------------------------------------------------------- verifier choice
-VERIFIERS = ("builtin", "math-verify", "auto")
-
-
-def make_verifier(name: str = "auto", timeout_s: float = 5.0) -> tuple[Callable[[str, str], float], str]:
-    """The reward function `--verifier` names, and a one-line description to log.
-
-        builtin      the rule of this file alone (standard library).
-        math-verify  the rule first; what it cannot decide (symbolic forms), HuggingFace's
-                     math-verify decides, each parse / comparison limited to timeout_s.
-                     ValueError when math-verify is not installed.
-        auto         math-verify when it is installed, else builtin.
-
-    The rule's "different" is final: math-verify only adds positives the rule cannot see, and cannot
-    accept what the rule rejects (math-verify alone says "3 \\text{ or more}" = 3 and 1011 = 1011_2).
-    math-verify's timeouts use SIGALRM: whole seconds (timeout_s is rounded up), main thread only
-    (from another thread it is not asked, and the undecided answer scores 0).
-
-    >>> reward_fn, description = make_verifier("builtin")
-    >>> reward_fn(r"\\boxed{\\frac{1}{2}}", "0.5"), description
-    (1.0, 'built-in rule')
-    """
-    if name not in VERIFIERS:
-        raise ValueError(f"--verifier {name!r}: choose one of {', '.join(VERIFIERS)}")
-    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
-        raise ValueError(f"verifier timeout_s must be a number of seconds > 0, got {timeout_s!r}")
-    if name == "builtin":
-        return math_reward, "built-in rule"
-    version = _math_verify_version()
-    if version is None:
-        if name == "math-verify":
-            raise ValueError("--verifier math-verify: the math-verify package is not installed; "
-                             "fix: pip install math-verify (or pass --verifier builtin)")
-        return math_reward, "built-in rule (math-verify not installed)"
-    seconds = _whole_seconds(timeout_s)
-    reward_fn = functools.partial(math_reward, use_math_verify=True, timeout_s=seconds)
-    return reward_fn, f"math-verify {version} (timeout {seconds} s), built-in rule first"
-
-
+# ----------------------------------------------------------------------------- math-verify, optional
 def _math_verify_version() -> str | None:
     """math-verify's version when it imports, else None."""
     try:
@@ -595,157 +612,3 @@ def _exact_latex(answer: str) -> str:
     value = number[0]
     return str(value.numerator) if value.denominator == 1 else \
         f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
-
-
-def format_reward(completion: str) -> float:
-    """1.0 when the completion states a final answer in a form `extract_answer` finds, else 0.0."""
-    try:
-        return float(extract_answer(completion) is not None)
-    except Exception:  # noqa: BLE001
-        return 0.0
-
-
-def overlong_penalty(length: int, max_length: int, buffer: int, penalty: float = 1.0) -> float:
-    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13), added to the reward:
-
-        R_length(L) = min(-(L - (L_max - L_buf)) / L_buf * penalty, 0)
-
-    0 up to L_max - L_buf tokens, then a linear ramp down to -penalty at L_max.
-
-    >>> overlong_penalty(90, max_length=100, buffer=20)
-    -0.5
-    """
-    if buffer <= 0:
-        return 0.0
-    return min(-(length - (max_length - buffer)) / buffer * penalty, 0.0)
-
-
-# ----------------------------------------------------------------------------- the built-in task
-def arithmetic_problems(n: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> list[dict]:
-    """The embedded default's task: sums of single digits; level L has L + 1 terms (2 to 7).
-
-    Deterministic in `seed`; use different seeds for training and held-out sets (level 1 has only
-    100 distinct prompts, so the two can share some: the task tests a skill, not recall).
-
-    >>> arithmetic_problems(1, seed=0, levels=(2,))
-    [{'prompt': '6+0+4=', 'answer': '10', 'level': 2}]
-    """
-    rng = random.Random(seed)
-    problems = []
-    for _ in range(n):
-        level = rng.choice(levels)
-        terms = [rng.randrange(10) for _ in range(level + 1)]
-        problems.append({"prompt": "+".join(map(str, terms)) + "=", "answer": str(sum(terms)),
-                         "level": level})
-    return problems
-
-
-# ----------------------------------------------------------------------------- real data sets
-# name -> (datasets.load_dataset arguments, default split, how a row becomes prompt/answer/level)
-def _gsm8k(row):
-    return row["question"], row["answer"].split("####")[-1].strip(), None
-
-
-def _math(row):
-    level = str(row.get("level", "")).replace("Level ", "")
-    return row["problem"], last_boxed(row["solution"]), int(level) if level.isdigit() else None
-
-
-def _dapo(row):
-    prompt = row["prompt"]
-    if isinstance(prompt, list):  # chat format: the user's turn
-        prompt = prompt[-1]["content"]
-    return prompt, str(row["reward_model"]["ground_truth"]), None
-
-
-HUB_DATASETS = {
-    "gsm8k": (("openai/gsm8k", "main"), "train", _gsm8k),
-    "math": (("DigitalLearningGmbH/MATH-lighteval",), "train", _math),
-    "dapo-math": (("BytedTsinghua-SIA/DAPO-Math-17k",), "train", _dapo),
-}
-
-
-class DataError(ValueError):
-    """A data file or data set is malformed; the message names the file, the row and the field."""
-
-
-def load_problems(source: str, split: str | None = None, prompt_field: str = "prompt",
-                  answer_field: str = "answer", level_field: str | None = "level",
-                  limit: int | None = None) -> list[dict]:
-    """Problems as a list of {"prompt", "answer", "level"} dicts.
-
-    `source` is "arithmetic" (built-in; `split` "test" gives the held-out seed), a name of
-    HUB_DATASETS, or a local .jsonl / .json / .parquet file whose rows hold `prompt_field` and
-    `answer_field` (and optionally `level_field`, an int). A missing or empty field raises
-    DataError naming the file, the row (1-based line for .jsonl) and the field.
-    """
-    if source == "arithmetic":
-        return arithmetic_problems(limit or 2000, seed=1234 if split == "test" else 0)
-    if source in HUB_DATASETS:
-        from datasets import load_dataset  # lazy: only real data needs it
-
-        args, default_split, convert = HUB_DATASETS[source]
-        rows = load_dataset(*args, split=split or default_split)
-        problems = []
-        for i, row in enumerate(rows):
-            prompt, answer, level = convert(row)
-            if not prompt or answer is None:
-                raise DataError(f"{source}: row {i}: no prompt or no reference answer")
-            problems.append({"prompt": prompt, "answer": answer, "level": level})
-            if limit and len(problems) >= limit:
-                break
-        return problems
-    if not os.path.exists(source):
-        raise DataError(f"--dataset {source!r}: no such file, and not one of "
-                        f"arithmetic, {', '.join(HUB_DATASETS)}")
-    rows = _read_rows(source)
-    problems = []
-    for where, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(f"{source}: {where}: expected a JSON object, got {type(row).__name__}")
-        for field in (prompt_field, answer_field):
-            if field not in row or row[field] is None or str(row[field]).strip() == "":
-                raise DataError(f"{source}: {where}: missing field {field!r} (fields there: "
-                                f"{sorted(row)}; set --prompt_field / --answer_field)")
-        level = row.get(level_field) if level_field else None
-        if level is not None and not isinstance(level, int):
-            digits = str(level).replace("Level ", "").strip()
-            if not digits.lstrip("-").isdigit():
-                raise DataError(f"{source}: {where}: field {level_field!r} must be an integer "
-                                f"level, got {level!r}")
-            level = int(digits)
-        problems.append({"prompt": str(row[prompt_field]), "answer": str(row[answer_field]),
-                         "level": level})
-        if limit and len(problems) >= limit:
-            break
-    if not problems:
-        raise DataError(f"{source}: no rows")
-    return problems
-
-
-def _read_rows(path: str) -> list[tuple[str, object]]:
-    """(where, row) pairs of a local file; `where` is "line N" or "row N" for error messages."""
-    if path.endswith(".jsonl"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append((f"line {number}", json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}: line {number}: not valid JSON ({e.msg})") from None
-        return rows
-    if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of objects")
-        return [(f"row {i}", row) for i, row in enumerate(data, 1)]
-    if path.endswith(".parquet"):
-        import pandas as pd  # lazy: parquet needs pandas + pyarrow (both come with `datasets`)
-
-        return [(f"row {i}", row) for i, row in enumerate(pd.read_parquet(path).to_dict("records"), 1)]
-    raise DataError(f"{path}: unknown file type; use .jsonl, .json or .parquet")

@@ -21,8 +21,8 @@ CPU); everything after that matmul is fp32. So the trainer scores the distributi
 from, up to kernel differences that `sampler_mismatch` measures.
 
 The rest is the policy's side of the RL loop:
-  * `setup_distributed`, `load_policy`, `format_prompts`, `stop_token_ids`: one GPU per rank, any HF
-    causal LM with its tokenizer, chat-templated prompts, and every token that ends a turn.
+  * `load_policy`, `format_prompts`, `stop_token_ids`: any HF causal LM with its tokenizer,
+    chat-templated prompts, and every token that ends a turn.
   * `generate_rollouts` samples `group_size` completions per prompt with KV-cached `model.generate`,
     pure temperature / top-p (the checkpoint's own generation_config is set aside), records the
     sampler's log-prob of every token, and returns a `Rollouts` batch whose loss mask keeps each
@@ -31,9 +31,9 @@ The rest is the policy's side of the RL loop:
   * `policy_logprobs_and_entropy` runs the policy over such a batch through the fused path, in
     micro-batches, keeping only the final hidden state.
 
-eval_passk.py needs only this file and reward.py. Left out: vLLM/SGLang generation (HF generate is
-slower but is the same model object that trains, which keeps this file short and exact); lm_heads
-with a bias or logit soft-capping (Gemma 2) fall back to full logits.
+Copyable alone: torch and transformers. Left out: vLLM/SGLang generation (HF generate is slower
+but is the same model object that trains, which keeps this file short and exact); lm_heads with a
+bias or logit soft-capping (Gemma 2) fall back to full logits.
 """
 from __future__ import annotations
 
@@ -151,54 +151,7 @@ def fused_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     return FusedLinearLogprobEntropy.apply(hidden, weight, labels, chunk_size, temperature)
 
 
-# ----------------------------------------------------------------------------- the policy and its device
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device) of this process; torchrun sets RANK, WORLD_SIZE and LOCAL_RANK.
-
-    One GPU per rank (NCCL, `device_id` pinned so collectives never touch another rank's GPU),
-    gloo on CPU. Without torchrun: one process, the first GPU if there is one. The collective
-    timeout is 30 minutes, not NCCL's 10: the other ranks wait in a barrier while rank 0 writes a
-    full checkpoint, which takes minutes for a 7B model on a slow disk.
-    """
-    import datetime
-    import os
-
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    timeout = datetime.timedelta(minutes=30)
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device, timeout=timeout)
-        return dist.get_rank(), dist.get_world_size(), device
-    dist.init_process_group("gloo", timeout=timeout)
-    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
-
-
-def teardown_distributed() -> None:
-    """End a torchrun process: barrier, destroy the process group, and exit with status 0 without
-    running C++ destructors. Measured on CPU (gloo) with a loaded machine: about 1 run in 10 aborted
-    in those destructors at interpreter exit ("terminate called without an active exception";
-    pytorch issue 190489), after every result was written, whether or not the group was destroyed
-    first; leaving with os._exit gave 0 aborts in 16. Everything is written and closed by then.
-    A no-op without torchrun.
-    """
-    import os
-    import sys
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return
-    dist.barrier()  # no rank leaves while another still talks to it
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
+# ----------------------------------------------------------------------------- the policy
 def load_policy(name_or_path: str, device: torch.device | None = None, dtype: torch.dtype = torch.float32):
     """Any HF causal LM and its tokenizer, on `device`, ready for left-padded batched generation.
 

@@ -1,36 +1,33 @@
-"""RL for LLMs with Entropy Scheduling: the one file that wires the concepts together.
+"""RL for LLMs with Entropy Scheduling: the one file that wires the concepts into a training loop.
 
-    python train.py                                   # the embedded default, on a CPU, in minutes
-    python train.py --schedule none --loss grpo       # plain GRPO: entropy free to collapse
-    python train.py --loss dapo --schedule constant   # DAPO-style stable entropy
+    python train.py                                  # the built-in testbed, on a laptop CPU
+    python train.py --loss grpo --schedule none      # plain GRPO: entropy free to collapse
+    python train.py --schedule constant              # DAPO with entropy held where it starts
     torchrun --standalone --nproc_per_node=8 train.py --model Qwen/Qwen2.5-Math-1.5B \\
-        --dataset dapo-math --max_new_tokens 2048 --micro_batch_size 8   # a multi-GPU box, FSDP2
+        --dataset dapo-math --eval_dataset math --max_new_tokens 2048 \\
+        --micro_batch_size 4 --lr 1e-6                # one multi-GPU box, FSDP2
 
-One RL step, top to bottom (the numbers match README "How entropy scheduling works"):
-  1. prompts      curriculum.TwoPhaseCurriculum.sample      (phase from the entropy schedule)
-  2. rollouts     rollout.generate_rollouts                 (HF generate, G completions per prompt)
-  3. rewards      reward.make_verifier(--verifier) (+ reward.overlong_penalty)
-  4. advantages   loss.group_advantages                     (+ DAPO dynamic sampling)
-  5. old log-probs and entropy   rollout.policy_logprobs_and_entropy   (fused, chunked)
-  6. control      entropy_schedule: target H*(s), controller.update(H_s, H*) -> knob
-  7. update       loss.policy_loss, AdamW, grad clip        (token count summed over all ranks)
-  8. log          metrics.jsonl, tqdm, checkpoints
-
-The embedded default (`--model embedded`) is a 0.64M-parameter Qwen2 (3 layers) and a character
-tokenizer built in code, first warm-started by a short supervised run on the built-in digit-sum
-task, written with slips and with long sums rare (`WARM_START_CORRECT`, `WARM_START_LEVELS`); it is
-saved with `save_pretrained` and from then on loaded exactly as any hub model. Nothing touches the
-network.
+One RL step, `rl_step` below (the numbers match README):
+  1. prompts      curriculum.sample(n, phase)          phase = schedule.phase(step)
+  2. rollouts     rollout.generate_rollouts            G completions per prompt, HF generate
+  3. rewards      reward_fn(completion, answer)        + DAPO dynamic sampling (`collect_rollouts`)
+  4. advantages   loss.group_advantages                (R - mean) / std within each group
+  5. entropy      rollout.policy_logprobs_and_entropy  old log-probs and H_s, fused and chunked
+  6. control      schedule.target(step) -> H*; controller.update(H_s, H*) -> the knob
+  7. update       loss.policy_loss, AdamW              (`policy_update`; global token counts)
+  8. log          one line of metrics.jsonl; `main` evaluates pass@k and checkpoints
 
 Kept from the anchors (verl, TRL, DAPO): PPO-clip with separate low/high bounds, dual-clip, three
 loss aggregations, dynamic sampling, overlong shaping, k1/k2/k3 KL. Left out: a critic (GRPO needs
-none), a separate reference model by default (kl_coef = 0 as DAPO), vLLM rollouts, sequence packing,
-tensor/sequence parallelism: one box, FSDP data parallel only.
+none), a reference model by default (kl_coef = 0, as DAPO), vLLM rollouts, sequence packing,
+tensor/sequence parallelism: FSDP data parallelism only.
+
+Read down to `main`; below the banner "plumbing" come config parsing, set-up, checkpoints and
+plots, which a first reading may skip.
 """
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import inspect
 import json
@@ -41,23 +38,26 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers.utils import logging as hf_logging
 
 from curriculum import TwoPhaseCurriculum
-from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError, make_controller,
-                              schedule_for_goal)
-from eval_passk import evaluate_passk, summarize
+from data import DataError, default_max_new_tokens, load_problems
+from distributed import (all_gather_list, all_reduce_sum, autocast, generation_mode, setup_distributed,
+                         shard_model, teardown_distributed)
+from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError, loss_arguments,
+                              make_controller, schedule_for_goal)
+from eval_passk import evaluate_on_ranks
 from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
-from reward import DataError, load_problems, make_verifier, math_reward, overlong_penalty
+from reward import make_verifier, math_reward, overlong_penalty
 from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, length_sorted,
                      load_policy, policy_logprobs_and_entropy, sampler_mismatch,
-                     sequence_logprobs_and_entropy, setup_distributed, stop_token_ids, teardown_distributed)
+                     sequence_logprobs_and_entropy, stop_token_ids)
 
 
 # ============================================================================ configuration
@@ -67,7 +67,7 @@ class Config:
     out_dir: str = "runs/default"
     """where metrics.jsonl, config.json, checkpoints/ and the plot go"""
     seed: int = 0
-    """seeds data order, sampling and the embedded model"""
+    """seeds data order, sampling and the built-in model"""
     steps: int = 200
     """RL steps (one rollout batch each)"""
     resume: bool = False
@@ -87,7 +87,7 @@ class Config:
 
     # --- model and data
     model: str = "embedded"
-    """'embedded' (built-in tiny Qwen2, warm-started) or an HF hub name or local directory"""
+    """'embedded' (testbed.py's tiny Qwen2, warm-started) or an HF hub name or local directory"""
     dataset: str = "arithmetic"
     """arithmetic | gsm8k | math | dapo-math | a .jsonl/.json/.parquet file"""
     eval_dataset: str | None = None
@@ -103,7 +103,8 @@ class Config:
     chat_template: str = "auto"
     """auto: apply the tokenizer's chat template when it has one; none: raw prompts"""
     system_prompt: str | None = None
-    """instruction before each problem; None: ask for \\boxed{} on real data, nothing on arithmetic"""
+    """instruction before each problem; None: ask for \\boxed{} on real data, nothing on
+    arithmetic and dapo-math (whose prompts carry their own)"""
     verifier: str = "auto"
     """builtin | math-verify | auto (math-verify when installed, else the built-in rule)"""
 
@@ -119,17 +120,19 @@ class Config:
     top_p: float = 1.0
     """nucleus sampling threshold"""
 
-    # --- loss (preset by --loss; any field set explicitly wins)
+    # --- loss (preset by --loss; a field set explicitly wins)
     loss: str = "dapo"
     """grpo | dapo | dr_grpo: presets for the four fields below"""
     loss_agg: str | None = None
-    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (preset: dapo token-mean, grpo seq-mean-token-mean, dr_grpo seq-mean-token-sum-norm)"""
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm; None: the --loss preset
+    (dapo token-mean, grpo seq-mean-token-mean, dr_grpo seq-mean-token-sum-norm)"""
     clip_high: float | None = None
-    """upper clip eps_high, the PID controller's starting point (preset: dapo 0.28, else 0.2)"""
+    """upper clip eps_high, the PID controller's starting point; None: 0.28 for dapo, else 0.2"""
     dynamic_sampling: bool | None = None
-    """DAPO: resample groups whose rewards are all equal (preset: on for dapo)"""
+    """DAPO: resample groups whose rewards are all equal; None: on for dapo, else off"""
     adv_scale: str | None = None
-    """std: GRPO advantages (R - mean) / std; none: Dr. GRPO R - mean (preset)"""
+    """std: GRPO advantages (R - mean) / std; none: Dr. GRPO R - mean; None: none for dr_grpo,
+    else std"""
     clip_low: float = 0.2
     """lower clip eps_low"""
     dual_clip: float | None = None
@@ -149,9 +152,11 @@ class Config:
     grad_clip: float = 1.0
     """max global gradient norm"""
     updates_per_step: int = 4
-    """mini-batches per rollout batch (one optimizer step each); > 1 makes the ratio, so the clip, matter"""
+    """mini-batches per rollout batch, one optimizer step each; > 1 makes the ratio, so the clip,
+    matter"""
     ppo_epochs: int = 1
-    """passes over the rollout batch (verl's ppo_epochs): optimizer steps per RL step = epochs x mini-batches"""
+    """passes over the rollout batch (verl's ppo_epochs): optimizer steps per RL step = epochs x
+    mini-batches"""
     micro_batch_size: int = 32
     """sequences per forward/backward pass (gradient accumulation within a mini-batch)"""
     logprob_chunk_size: int = 256
@@ -163,7 +168,7 @@ class Config:
     schedule: str = "stable-anneal"
     """none | constant | linear | cosine | stable-anneal | cyclic"""
     entropy_start: float | None = None
-    """target entropy (nats) of the stable phase; None: the entropy measured at step 0"""
+    """target entropy (nats) of the stable phase; None: H0, the entropy measured at step 0"""
     entropy_end: float | None = None
     """target at the end of the anneal; None: 0.3 x entropy_start"""
     stable_frac: float = 0.5
@@ -175,15 +180,17 @@ class Config:
     warmup_steps: int = 0
     """ramp the target from the measured entropy to entropy_start over N steps"""
     passk_goal: int = 0
-    """> 0: a stable-anneal schedule chosen for this pass@k (schedule_for_goal; overrides --schedule)"""
+    """> 0: a stable-anneal schedule chosen for this pass@k (schedule_for_goal; overrides
+    --schedule)"""
     controller: str = "pid-entropy"
-    """pid (clip-high, the paper's) | pid-entropy (signed entropy coef) | skywork (entropy bonus) | balance (pos/neg advantage weights)"""
+    """pid (the paper's: eps_high) | pid-entropy (a signed entropy coefficient) | skywork
+    (entropy bonus) | balance (positive vs negative advantage weights)"""
     kp: float | None = None
-    """proportional gain (pid, balance); None: the controller's default"""
+    """proportional gain (pid, pid-entropy, balance); None: the controller's default"""
     ki: float | None = None
-    """integral gain (pid, balance); None: the controller's default"""
+    """integral gain (pid, pid-entropy, balance); None: the controller's default"""
     kd: float | None = None
-    """derivative gain (pid); None: the controller's default"""
+    """derivative gain (pid, pid-entropy); None: the controller's default"""
     skywork_delta: float | None = None
     """skywork: coefficient step per update; None: the controller's default"""
 
@@ -193,12 +200,12 @@ class Config:
     curriculum_order: str = "hard-first"
     """hard-first | easy-first"""
 
-    # --- embedded default
+    # --- the built-in model
     warm_start_steps: int = 600
-    """supervised warm-start steps (batches of 64) of the embedded model; see WARM_START_CORRECT"""
+    """supervised warm-start steps (batches of 64) of the built-in model (testbed.py)"""
 
     def resolved(self) -> "Config":
-        """A copy with the --loss presets filled in."""
+        """A copy with the --loss presets and the data set's token budget filled in."""
         presets = {"grpo": ("seq-mean-token-mean", 0.2, False, "std"),
                    "dapo": ("token-mean", 0.28, True, "std"),
                    "dr_grpo": ("seq-mean-token-sum-norm", 0.2, False, "none")}
@@ -207,83 +214,280 @@ class Config:
         agg, clip_high, dynamic, scale = presets[self.loss]
         return dataclasses.replace(
             self, loss_agg=self.loss_agg or agg,
-            max_new_tokens=self.max_new_tokens or (4 if self.dataset == "arithmetic" else 1024),
+            max_new_tokens=self.max_new_tokens or default_max_new_tokens(self.dataset),
             clip_high=self.clip_high if self.clip_high is not None else clip_high,
             dynamic_sampling=self.dynamic_sampling if self.dynamic_sampling is not None else dynamic,
             adv_scale=self.adv_scale or scale)
 
 
+# ============================================================================ the RL step
+@dataclass
+class Run:
+    """What the RL steps read and update; built by `setup`, saved by `save_checkpoint`."""
+
+    cfg: Config
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    problems: list[dict]  # training problems, prompts in the model's chat format
+    held_out: list[dict]
+    reward_fn: Callable[[str, str], float]
+    schedule: EntropySchedule
+    controller: object  # entropy_schedule.CONTROLLERS[cfg.controller]
+    curriculum: TwoPhaseCurriculum
+    tracker: TrackingError
+    sampling_rng: random.Random  # draws the prompts of dynamic sampling's refills
+    stop_ids: list[int]
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    ref_model: torch.nn.Module | None = None  # frozen initial policy, when kl_coef > 0
+    no_signal_steps: int = 0  # consecutive steps in which no group had any reward variance
+    nonfinite_skipped: int = 0  # updates skipped for a non-finite gradient norm
+    verifier: str = ""  # which verifier scores, for messages
+
+
+def rl_step(run: Run, step: int) -> dict:
+    """One step of RL with entropy scheduling; returns its line of metrics.jsonl."""
+    cfg, model, G = run.cfg, run.model, run.cfg.group_size
+    started = time.time()
+    # 1. prompts: the same global draw on every rank, each takes its slice; the curriculum's pool
+    #    follows the schedule's phase
+    phase = run.schedule.phase(step)
+    indices = run.curriculum.sample(cfg.prompts_per_step, phase)[run.rank :: run.world_size]
+    # 2-3. rollouts and rewards; dynamic sampling replaces groups whose rewards are all equal
+    with generation_mode(model):
+        rollouts, rewards, indices, sampling = collect_rollouts(
+            model, run.tokenizer, run.problems, indices, cfg, run.sampling_rng, run.reward_fn, run.stop_ids)
+    rollout_s = time.time() - started
+    # 4. advantages: each completion against its group
+    advantages = group_advantages(rewards, G, cfg.adv_scale)  # (B,)
+    # 5. old log-probs and the entropy the controller reads, H_s = sum H_t m_t / sum m_t over ranks
+    with autocast(model):
+        old_logprobs, entropy = policy_logprobs_and_entropy(
+            model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)  # (B, T)
+        ref_logprobs = None if run.ref_model is None else policy_logprobs_and_entropy(
+            run.ref_model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)[0]
+    mask = rollouts.loss_mask  # (B, T)
+    sums = all_reduce_sum({"entropy": (entropy * mask).sum(), "tokens": mask.sum(),
+                           "reward": sampling.pop("reward_sum"), "sequences": rewards.numel(),
+                           "correct": sampling.pop("correct_sum"), "batch_reward": rewards.sum(),
+                           "mismatch": sampler_mismatch(rollouts, old_logprobs).sum(),
+                           "zero_std_frac": sampling.pop("groups/zero_std_frac")}, run.device)
+    measured = sums["entropy"] / sums["tokens"]
+    # 6. control: the schedule's target H*(s), and the knob that moves entropy toward it
+    if run.schedule.initial_entropy is None:  # H0: relative targets are set by the first step
+        run.schedule.initial_entropy = measured
+    target = run.schedule.target(step)
+    knob = run.controller.update(measured, target)
+    track_err = run.tracker.add(measured, target, phase)
+    # 7. update: mini-batch PPO-clip steps, the knob in the loss
+    started_update = time.time()
+    update = policy_update(model, run.optimizer, rollouts, old_logprobs, advantages, cfg,
+                           loss_arguments(run.controller.name, knob), run.device, run.world_size,
+                           ref_logprobs)
+    update_s = time.time() - started_update
+    run.nonfinite_skipped += update.pop("nonfinite_skipped")
+    pass_rates = (rewards > 0.5).float().view(-1, G).mean(dim=1).tolist()  # one per group
+    run.curriculum.update(all_gather_list(indices), all_gather_list(pass_rates))  # same on all ranks
+    # 8. log
+    zero_std_frac = sums["zero_std_frac"] / run.world_size  # every rank has as many groups
+    warn_when_no_signal(run, zero_std_frac)
+    return {"step": step, "reward/mean": sums["reward"] / sums["sequences"],
+            "reward/accuracy": sums["correct"] / sums["sequences"],
+            "reward/batch_mean": sums["batch_reward"] / sums["sequences"],
+            "entropy": measured, "entropy/target": target, "entropy/knob": knob,
+            "entropy/knob_name": run.controller.name, "entropy/track_err": track_err,
+            **{f"entropy/track_err_{p}": v for p, v in run.tracker.summary().items()},
+            **update, "response_length/mean": sums["tokens"] / sums["sequences"],
+            "tokens": sums["tokens"], "rollout/logp_mismatch": sums["mismatch"] / sums["tokens"],
+            "groups/zero_std_frac": zero_std_frac, **sampling, "curriculum/phase": phase,
+            **run.curriculum.stats(), "nonfinite_skipped": run.nonfinite_skipped,
+            "time/rollout_s": rollout_s, "time/update_s": update_s,
+            "time/step_s": time.time() - started}
+
+
+def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: random.Random,
+                     reward_fn=math_reward,
+                     stop_ids: list[int] | None = None) -> tuple[Rollouts, torch.Tensor, list[int], dict]:
+    """Steps 2-3: generate, score, and (DAPO) keep only groups whose rewards differ.
+
+    Dynamic sampling replaces zero-signal groups with prompts drawn from all of `problems` for up
+    to `max_sampling_rounds` rounds; if that is not enough, zero-signal groups fill the batch (they
+    add no gradient) so that every rank keeps the same number of sequences. Whether another round
+    is needed is decided by all ranks together (an all-reduce of "still short of groups"), so every
+    rank runs the same number of rounds; a rank that is already full generates nothing in them.
+    Returns rollouts, rewards (B,) on the model's device, the prompt of each group, and statistics
+    of the first round (the policy as it is, before the filter).
+    """
+    G, wanted = cfg.group_size, len(indices)
+    device = next(model.parameters()).device
+    kept: list[tuple[Rollouts, torch.Tensor, int]] = []  # (group rollouts, rewards (G,), prompt)
+    spare: list[tuple[Rollouts, torch.Tensor, int]] = []
+    stats = {"groups/zero_std_frac": None, "sampling/rounds": 0}
+    for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+        if round_ > 0:  # one all-reduce a round: go on while any rank is short of groups
+            if all_reduce_sum({"short": float(len(kept) < wanted)}, device)["short"] == 0:
+                break
+            indices = rng.sample(range(len(problems)), wanted - len(kept)) if len(kept) < wanted else []
+        stats["sampling/rounds"] = round_ + 1
+        if not indices:
+            continue
+        rollouts = generate_rollouts(model, tokenizer, [problems[i]["prompt"] for i in indices], G,
+                                     cfg.max_new_tokens, cfg.temperature, cfg.top_p, stop_ids)
+        lengths = rollouts.loss_mask.sum(dim=1).tolist()
+        rewards = torch.tensor([reward_fn(text, problems[indices[j // G]]["answer"])
+                                + overlong_penalty(lengths[j], cfg.max_new_tokens, cfg.overlong_buffer)
+                                for j, text in enumerate(rollouts.completions)], device=device)  # (B,)
+        signal = groups_with_signal(rewards, G).tolist()
+        if stats["groups/zero_std_frac"] is None:  # the first round measures the policy, unfiltered
+            stats["groups/zero_std_frac"] = 1.0 - float(np.mean(signal))
+            stats["reward_sum"], stats["correct_sum"] = float(rewards.sum()), float((rewards > 0.5).sum())
+        for g, has_signal in enumerate(signal):
+            piece = (rollouts.select(range(g * G, (g + 1) * G)), rewards[g * G : (g + 1) * G], indices[g])
+            (kept if has_signal or not cfg.dynamic_sampling else spare).append(piece)
+    pieces = (kept + spare)[:wanted]
+    stats["groups/unfilled"] = max(0, wanted - len(kept))
+    return (concat_rollouts([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]),
+            [p[2] for p in pieces], stats)
+
+
+def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages, cfg: Config,
+                  knobs: dict, device: torch.device, world_size: int,
+                  ref_logprobs: torch.Tensor | None = None) -> dict:
+    """Step 7: `ppo_epochs` passes of `updates_per_step` optimizer steps over mini-batches of this
+    rank's groups (the same old log-probs throughout: later updates are off-policy, so the clip acts).
+
+    `knobs` are the `policy_loss` arguments the controller sets (`loss_arguments`); they win over
+    the config's values. Each mini-batch's loss is normalised by its GLOBAL token (or sequence)
+    count, summed over ranks, so the objective is the same whatever the number of ranks and
+    micro-batches. FSDP averages gradients over ranks; our loss is already a global mean, hence
+    `* world_size`.
+    """
+    B = rollouts.completion_ids.shape[0]
+    per_update = B // cfg.updates_per_step
+    starts = range(0, B, per_update)
+    counts = all_reduce_sum({f"tokens_{s}": rollouts.loss_mask[s : s + per_update].sum() for s in starts},
+                            device)
+    num_updates = cfg.ppo_epochs * len(starts)
+    loss_args = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
+                 "loss_agg": cfg.loss_agg, "num_seqs": per_update * world_size,
+                 "max_len": cfg.max_new_tokens, "kl_coef": cfg.kl_coef, **knobs}
+    input_ids, attention_mask, mask = rollouts.input_ids, rollouts.attention_mask, rollouts.loss_mask
+    T = rollouts.completion_ids.shape[1]
+    totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
+    stat_sums: dict[str, float] = {}
+    for start in [s for _ in range(cfg.ppo_epochs) for s in starts]:
+        tokens = counts[f"tokens_{start}"]
+        optimizer.zero_grad(set_to_none=True)
+        order = start + length_sorted(attention_mask[start : start + per_update])  # (per_update,)
+        for rows in order.split(cfg.micro_batch_size):  # micro-batches of similar length
+            with autocast(model):
+                logprobs, entropy = sequence_logprobs_and_entropy(
+                    model, input_ids[rows], attention_mask[rows], T, cfg.logprob_chunk_size,
+                    cfg.temperature)  # (b, T) each
+            loss, stats = policy_loss(
+                logprobs, old_logprobs[rows], advantages[rows], mask[rows], num_tokens=tokens,
+                entropy=entropy, ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],
+                **loss_args)
+            (loss * world_size).backward()
+            totals["loss/policy"] += loss.item()
+            weight = float(mask[rows].sum()) / max(tokens, 1.0)
+            for key, value in stats.items():
+                stat_sums[key] = stat_sums.get(key, 0.0) + value * weight
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        if not torch.isfinite(grad_norm):  # every rank sees the same global norm: all skip together
+            warnings.warn(f"non-finite gradient norm ({grad_norm.item()}); update skipped")
+            optimizer.zero_grad(set_to_none=True)
+            totals["nonfinite_skipped"] += 1
+            continue
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next rollout
+        totals["grad_norm"] += grad_norm.item() / num_updates
+    # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
+    summed = all_reduce_sum({"loss/policy": totals["loss/policy"],
+                             **{f"loss/{key}": stat_sums[key] for key in sorted(stat_sums)}}, device)
+    return {"loss/policy": summed.pop("loss/policy") / num_updates, "grad_norm": totals["grad_norm"],
+            "nonfinite_skipped": totals["nonfinite_skipped"],
+            **{key: value / num_updates for key, value in summed.items()}}
+
+
+def evaluate(run: Run, step: int) -> dict:
+    """Held-out pass@k and entropy, the prompts split across ranks."""
+    cfg = run.cfg
+    ks = [int(k) for k in cfg.eval_k.split(",")]
+    if run.rank == 0:
+        tqdm.write(f"step {step}: held-out pass@k on {len(run.held_out)} prompts x {cfg.eval_n} samples "
+                   f"x <= {cfg.max_new_tokens} tokens, over {run.world_size} rank(s)")
+    # as many sequences at once as a rollout batch generates (the same memory)
+    per_batch = max(1, cfg.prompts_per_step // run.world_size * cfg.group_size // cfg.eval_n)
+    with generation_mode(run.model):
+        result = evaluate_on_ranks(run.model, run.tokenizer, run.held_out, run.reward_fn, cfg.eval_n, ks,
+                                   cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   prompts_per_batch=per_batch, chunk_size=cfg.logprob_chunk_size,
+                                   micro_batch_size=cfg.micro_batch_size, progress=run.rank == 0,
+                                   stop_ids=run.stop_ids)
+    out = {f"eval/pass@{k}": result[f"pass@{k}"] for k in ks}
+    out["eval/entropy"] = result["entropy"]
+    if run.rank == 0:
+        tqdm.write(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
+    out["eval/correct"] = result["correct"]  # per held-out prompt: for bootstrap intervals
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    rank, world_size, device = setup_distributed()
+    cfg, reward_fn, verifier = configure(sys.argv[1:] if argv is None else argv, rank, world_size)
+    run, start_step = setup(cfg, reward_fn, verifier, rank, world_size, device)
+    metrics_path = open_metrics(run, start_step)
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL",
+               disable=rank != 0, dynamic_ncols=True)
+    eval_metrics = evaluate(run, start_step) if start_step == 0 else {}
+    for step in bar:
+        record = rl_step(run, step)
+        done = step + 1 == cfg.steps
+        if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
+            eval_metrics = evaluate(run, step + 1)
+        record, eval_metrics = {**record, **eval_metrics}, {}
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(reward=f"{record['reward/mean']:.2f}", H=f"{record['entropy']:.3f}",
+                            target="-" if record["entropy/target"] is None else f"{record['entropy/target']:.3f}",
+                            knob=f"{record['entropy/knob']:.3f}")
+        if done or (cfg.save_every and (step + 1) % cfg.save_every == 0):
+            save_checkpoint(run, step + 1)
+    bar.close()
+    if rank == 0:
+        finish(run, metrics_path)
+    teardown_distributed()  # under torchrun: barrier, destroy, exit (see distributed.py)
+
+
+# ============================================================================ plumbing
+# Config parsing and validation, set-up, checkpoints and random streams, the end-of-run report.
+# A first reading may stop here.
+
 class ConfigError(ValueError):
     """A bad setting; the message names the flag and what is allowed."""
 
 
-def validate(cfg: Config, world_size: int) -> None:
-    """Fail at start-up, with one line naming the field, for every setting we can check early."""
-    def need(ok: bool, message: str):
-        if not ok:
-            raise ConfigError(message)
+def configure(argv: list[str], rank: int, world_size: int) -> tuple[Config, Callable, str]:
+    """The resolved config and the reward function; a bad setting exits with one line (status 2)."""
+    from transformers.utils import logging as hf_logging
 
-    need(cfg.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    need(cfg.controller in CONTROLLERS,
-         f"--controller must be one of {', '.join(CONTROLLERS)}, got {cfg.controller!r}")
-    need(cfg.curriculum in ("off", "two-phase"), f"--curriculum must be off or two-phase, got {cfg.curriculum!r}")
-    need(cfg.curriculum_order in ("hard-first", "easy-first"),
-         f"--curriculum_order must be hard-first or easy-first, got {cfg.curriculum_order!r}")
-    need(cfg.loss_agg in LOSS_AGG_MODES, f"--loss_agg must be one of {', '.join(LOSS_AGG_MODES)}")
-    need(cfg.adv_scale in ("std", "none"), f"--adv_scale must be std or none, got {cfg.adv_scale!r}")
-    need(cfg.anneal_shape in ("linear", "cosine"), f"--anneal_shape must be linear or cosine")
-    need(cfg.chat_template in ("auto", "none"), f"--chat_template must be auto or none")
-    need(cfg.verifier in ("builtin", "math-verify", "auto"),
-         f"--verifier must be builtin, math-verify or auto, got {cfg.verifier!r}")
-    need(cfg.group_size >= 2, f"--group_size must be >= 2 (group-relative advantages need a group), got {cfg.group_size}")
-    need(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
-    need(cfg.prompts_per_step >= world_size and cfg.prompts_per_step % world_size == 0,
-         f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of the number of ranks ({world_size})")
-    local = cfg.prompts_per_step // world_size
-    need(cfg.updates_per_step >= 1 and local % cfg.updates_per_step == 0,
-         f"--updates_per_step {cfg.updates_per_step} must divide the prompts per rank ({local})")
-    need(cfg.micro_batch_size >= 1, f"--micro_batch_size must be >= 1, got {cfg.micro_batch_size}")
-    need(cfg.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
-    need(cfg.temperature > 0, f"--temperature must be > 0, got {cfg.temperature}")
-    need(0 < cfg.top_p <= 1, f"--top_p must be in (0, 1], got {cfg.top_p}")
-    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
-    need(0 <= cfg.clip_low < 1 and cfg.clip_high >= 0, "--clip_low must be in [0, 1) and --clip_high >= 0")
-    for name in ("entropy_start", "entropy_end"):
-        value = getattr(cfg, name)
-        need(value is None or value > 0, f"--{name} must be > 0 nats, got {value}")
-    need(0 <= cfg.stable_frac <= 1, f"--stable_frac must be in [0, 1], got {cfg.stable_frac}")
-    need(cfg.passk_goal >= 0, f"--passk_goal must be >= 0, got {cfg.passk_goal}")
-    need(cfg.cycle_period >= 2, f"--cycle_period must be >= 2, got {cfg.cycle_period}")
+    hf_logging.disable_progress_bar()  # our own bars only
     try:
-        ks = [int(k) for k in cfg.eval_k.split(",")]
-    except ValueError:
-        raise ConfigError(f"--eval_k must be comma-separated integers, got {cfg.eval_k!r}") from None
-    need(all(1 <= k <= cfg.eval_n for k in ks), f"--eval_k {cfg.eval_k}: each k must be in [1, --eval_n {cfg.eval_n}]")
-    need(cfg.dataset != "dapo-math" or cfg.eval_dataset is not None,
-         "--dataset dapo-math has no test split: set --eval_dataset (e.g. math, or a file)")
-    need(cfg.overlong_buffer < cfg.max_new_tokens or cfg.overlong_buffer == 0,
-         f"--overlong_buffer {cfg.overlong_buffer} must be < --max_new_tokens {cfg.max_new_tokens}")
-
-
-def field_docs(cls) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source (for --help)."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    return {a.target.id: b.value.value for a, b in zip(body, body[1:])
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
-
-
-def _convert(text: str, kind: str):
-    """A flag's text as its field's type (kind is the annotation: 'int', 'float | None', ...)."""
-    import argparse
-
-    if "None" in kind and text.lower() == "none":
-        return None
-    try:
-        if "bool" in kind:
-            return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
-        return int(text) if "int" in kind else float(text) if "float" in kind else text
-    except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        cfg = parse_config(argv).resolved()
+        validate(cfg, world_size)
+        reward_fn, verifier = make_verifier(cfg.verifier)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if rank == 0:
+        print(f"verifier: {verifier}", flush=True)  # the first line: who scores this run
+    return cfg, reward_fn, verifier
 
 
 def parse_config(argv: list[str]) -> Config:
@@ -294,8 +498,9 @@ def parse_config(argv: list[str]) -> Config:
     docs = field_docs(Config)
     for f in dataclasses.fields(Config):
         kind = str(f.type)
+        default = "" if f.default is None else f" (default: {f.default})"  # None: the doc says
         parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS,
-                            help=f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%"),
+                            help=f"{docs.get(f.name, '')}{default}".replace("%", "%%"),
                             type=lambda text, kind=kind: _convert(text, kind),
                             metavar=f.name.upper() if "bool" not in kind else "{true,false}",
                             nargs="?" if "bool" in kind else None,
@@ -317,181 +522,150 @@ def parse_config(argv: list[str]) -> Config:
     return Config(**values)
 
 
-# ============================================================================ distributed
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all ranks (identity on one process)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor.tolist()
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source (for --help)."""
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    return {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:])
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
 
 
-def all_gather_list(items: list) -> list:
-    """Concatenate every rank's list, rank 0's first."""
-    if not dist.is_initialized():
-        return list(items)
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, items)
-    return [x for part in gathered for x in part]
+def _convert(text: str, kind: str):
+    """A flag's text as its field's type (kind is the annotation: 'int', 'float | None', ...)."""
+    import argparse
 
-
-def shard_model(model) -> None:
-    """FSDP2: `fully_shard` every decoder layer, then the root (embeddings, norm, lm_head).
-
-    The layer classes come from the model's own `_no_split_modules`, so this works for any HF
-    causal LM. bf16 compute with fp32 master weights and gradient reduction on GPUs. Under torchrun
-    the model is always sharded, one rank included, so that one code path serves every box.
-    """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    on_gpu = next(model.parameters()).is_cuda
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if on_gpu \
-        else MixedPrecisionPolicy()
-    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
-    if not layers:
-        raise ConfigError(f"{type(model).__name__} names no decoder layer class in _no_split_modules; "
-                          "FSDP needs one to shard by layer")
-    for layer in layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-
-
-def enable_activation_checkpointing(model) -> None:
-    """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2)."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5; the old name is deprecated
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-@contextlib.contextmanager
-def generation_mode(model):
-    """Gather the full parameters once, generate with no collectives, shard again.
-
-    Under FSDP each layer's forward all-gathers its weights. During generation ranks finish
-    their sequences at different lengths, so they would run different numbers of forwards, and a
-    collective that one rank skips deadlocks the others. With every unit unsharded up front and
-    resharding switched off, generation runs locally on each rank.
-    """
-    from torch.distributed.fsdp import FSDPModule
-
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    was_training = model.training
-    model.eval()
-    if units:
-        model.set_reshard_after_forward(False)
-        for unit in units:
-            unit.unshard()
+    if "None" in kind and text.lower() == "none":
+        return None
     try:
-        with autocast(model):  # bf16 generation on a GPU without FSDP too
-            yield
-    finally:
-        if units:
-            for unit in units:
-                unit.reshard()
-            model.set_reshard_after_forward(True)
-            model.set_reshard_after_forward(False, recurse=False)  # the root's own default
-        model.train(was_training)
+        if "bool" in kind:
+            return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+        return int(text) if "int" in kind else float(text) if "float" in kind else text
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
 
 
-def autocast(model):
-    """bf16 autocast for a model on a GPU that FSDP does not manage (one process, no torchrun);
-    under FSDP its MixedPrecisionPolicy computes in bf16 already. A no-op on a CPU (fp32)."""
-    from torch.distributed.fsdp import FSDPModule
+def validate(cfg: Config, world_size: int) -> None:
+    """Fail at start-up, with one line naming the field, for every setting we can check early."""
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
 
-    use = next(model.parameters()).is_cuda and not isinstance(model, FSDPModule)
-    return torch.autocast("cuda", dtype=torch.bfloat16) if use else contextlib.nullcontext()
+    def one_of(name: str, allowed):
+        value = getattr(cfg, name)
+        need(value in allowed, f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    one_of("schedule", SCHEDULES)
+    one_of("controller", CONTROLLERS)
+    one_of("curriculum", ("off", "two-phase"))
+    one_of("curriculum_order", ("hard-first", "easy-first"))
+    one_of("loss_agg", LOSS_AGG_MODES)
+    one_of("adv_scale", ("std", "none"))
+    one_of("anneal_shape", ("linear", "cosine"))
+    one_of("chat_template", ("auto", "none"))
+    one_of("verifier", ("builtin", "math-verify", "auto"))
+    need(cfg.group_size >= 2,
+         f"--group_size must be >= 2 (group-relative advantages need a group), got {cfg.group_size}")
+    need(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
+    need(cfg.prompts_per_step >= world_size and cfg.prompts_per_step % world_size == 0,
+         f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of the number of ranks "
+         f"({world_size})")
+    local = cfg.prompts_per_step // world_size
+    need(cfg.updates_per_step >= 1 and local % cfg.updates_per_step == 0,
+         f"--updates_per_step {cfg.updates_per_step} must divide the prompts per rank ({local})")
+    need(cfg.micro_batch_size >= 1, f"--micro_batch_size must be >= 1, got {cfg.micro_batch_size}")
+    need(cfg.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    need(cfg.temperature > 0, f"--temperature must be > 0, got {cfg.temperature}")
+    need(0 < cfg.top_p <= 1, f"--top_p must be in (0, 1], got {cfg.top_p}")
+    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(0 <= cfg.clip_low < 1 and cfg.clip_high >= 0, "--clip_low must be in [0, 1) and --clip_high >= 0")
+    for name in ("entropy_start", "entropy_end"):
+        value = getattr(cfg, name)
+        need(value is None or value > 0, f"--{name} must be > 0 nats, got {value}")
+    need(0 <= cfg.stable_frac <= 1, f"--stable_frac must be in [0, 1], got {cfg.stable_frac}")
+    need(cfg.passk_goal >= 0, f"--passk_goal must be >= 0, got {cfg.passk_goal}")
+    need(cfg.cycle_period >= 2, f"--cycle_period must be >= 2, got {cfg.cycle_period}")
+    try:
+        ks = [int(k) for k in cfg.eval_k.split(",")]
+    except ValueError:
+        raise ConfigError(f"--eval_k must be comma-separated integers, got {cfg.eval_k!r}") from None
+    need(all(1 <= k <= cfg.eval_n for k in ks),
+         f"--eval_k {cfg.eval_k}: each k must be in [1, --eval_n {cfg.eval_n}]")
+    need(cfg.dataset != "dapo-math" or cfg.eval_dataset is not None,
+         "--dataset dapo-math has no test split: set --eval_dataset (e.g. math, or a file)")
+    need(cfg.overlong_buffer < cfg.max_new_tokens or cfg.overlong_buffer == 0,
+         f"--overlong_buffer {cfg.overlong_buffer} must be < --max_new_tokens {cfg.max_new_tokens}")
 
 
-# ============================================================================ model and data
-# The warm start's corpus (ours), like pre-training text: short sums are common and long ones rare
-# (WARM_START_LEVELS: levels 1 and 2 are 30% each, levels 3-6 10% each), and per level (1-6 "+"
-# signs) only a share of the answers are right (WARM_START_CORRECT); the rest are plausible slips,
-# the sum off by 1, 2, 3 or 10 (a lost carry). So the base model computes the sum but writes slips,
-# and on levels 3-6 it has never seen the right answer written: RL has something to sharpen (the
-# right answer is one of its modes on short sums) and headroom it must reach by generalising.
-# Measured on 512 held-out prompts x 16 samples, seeds 10, 11 and 40-42: pass@1 0.11-0.16, pass@16
-# 0.67-0.79 (with slips of 1, 2 or 10 only, the last 4-layer model had pass@16 up to 0.84).
-WARM_START_LEVELS = (1, 1, 1, 2, 2, 2, 3, 4, 5, 6)
-WARM_START_CORRECT = {1: 0.8, 2: 0.3, 3: 0.0, 4: 0.0, 5: 0.0, 6: 0.0}
-WARM_START_SLIPS = (-10, -3, -2, -1, 1, 2, 3, 10)
+def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
+          device: torch.device) -> tuple[Run, int]:
+    """Data, policy (built-in, any HF model, or the checkpoint to resume), optimizer, schedule,
+    controller and curriculum; restores a checkpoint on --resume. Returns the run and its first step."""
+    try:
+        problems, held_out = load_data(cfg)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sampling_rng = seed_everything(cfg.seed, rank)
+    os.makedirs(checkpoint_dir(cfg), exist_ok=True)
+    resume_from = latest_checkpoint(cfg) if cfg.resume else None
+    initial_path = cfg.model
+    if cfg.model == "embedded":
+        from testbed import build_base_model
+
+        initial_path = os.path.join(cfg.out_dir, "base_model")
+        if rank == 0 and not os.path.exists(initial_path):
+            build_base_model(initial_path, cfg.seed, cfg.warm_start_steps)
+        if dist.is_initialized():
+            dist.barrier()
+    model, tokenizer = load_policy(resume_from or initial_path, device)
+    num_params = sum(p.numel() for p in model.parameters())
+    if device.type == "cpu" and num_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # see SMALL_MODEL
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO's carry one
+        cfg.system_prompt = "Please reason step by step, and put your final answer within \\boxed{}."
+    problems = format_prompts(problems, tokenizer, cfg.chat_template, cfg.system_prompt)
+    held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
+    ref_model = None
+    if cfg.kl_coef > 0:  # a frozen copy of the starting policy
+        ref_model, _ = load_policy(initial_path, device)
+        ref_model.requires_grad_(False)
+    stop_ids = stop_token_ids(tokenizer, model)  # EOS and the chat template's end of turn
+    if dist.is_initialized():  # FSDP2 under torchrun, one rank included
+        shard_model(model)
+        if ref_model is not None:
+            shard_model(ref_model)
+    gains = {"pid": ("kp", "ki", "kd"), "pid-entropy": ("kp", "ki", "kd"), "balance": ("kp", "ki"),
+             "skywork": ("skywork_delta",)}[cfg.controller]
+    overrides = {name.removeprefix("skywork_"): getattr(cfg, name) for name in gains
+                 if getattr(cfg, name) is not None}
+    if cfg.controller == "pid":
+        overrides["init"] = cfg.clip_high  # the PID moves eps_high from the configured value
+    run = Run(cfg=cfg, model=model, tokenizer=tokenizer,
+              optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+              problems=problems, held_out=held_out, reward_fn=reward_fn, schedule=make_schedule(cfg),
+              controller=make_controller(cfg.controller, **overrides),
+              curriculum=TwoPhaseCurriculum([p.get("level") for p in problems],
+                                            order="off" if cfg.curriculum == "off" else cfg.curriculum_order,
+                                            seed=cfg.seed),
+              tracker=TrackingError(), sampling_rng=sampling_rng, stop_ids=stop_ids, device=device,
+              rank=rank, world_size=world_size, ref_model=ref_model, verifier=verifier)
+    start_step = load_checkpoint(run, resume_from) if resume_from else 0
+    if rank == 0:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+        print(f"config: {json.dumps(dataclasses.asdict(cfg))}")
+        print(f"policy: {resume_from or initial_path} ({num_params / 1e6:.2f}M parameters), "
+              f"{len(problems)} training / {len(held_out)} held-out problems, {world_size} rank(s) on "
+              f"{device.type}" + (f", resuming at step {start_step}" if resume_from else ""))
+    return run, start_step
 
 
-def warm_start_answer(problem: dict, rng: random.Random) -> str:
-    """What the warm-start corpus writes after a prompt: the answer, or a slip of it.
-
-    >>> rng = random.Random(0)
-    >>> sorted({warm_start_answer({"answer": "17", "level": 4}, rng) for _ in range(200)}, key=int)
-    ['7', '14', '15', '16', '18', '19', '20', '27']
-    >>> warm_start_answer({"answer": "5", "level": 4}, random.Random(2))  # 5 - 10 < 0: 5 + 10
-    '15'
-    """
-    if rng.random() < WARM_START_CORRECT.get(problem["level"], 0.0):
-        return problem["answer"]
-    answer, slip = int(problem["answer"]), rng.choice(WARM_START_SLIPS)
-    return str(answer + slip if answer + slip >= 0 else answer - slip)
-
-
-def build_embedded_default(path: str, cfg: Config) -> None:
-    """Build the tiny base model, warm-start it on digit sums, save it at `path` in HF format.
-
-    A random init solves nothing and RL cannot bootstrap from zero reward, so `warm_start_steps`
-    of supervised training on the corpus above first teach the format and the sum, with slips
-    (WARM_START_CORRECT, WARM_START_LEVELS): on 128 held-out prompts x 16 samples the base model
-    has pass@1 ~0.15 and pass@16 ~0.8, and its token entropy is high (~1 nat) because its answers
-    are spread over the slips and its guesses at the long sums. That is the regime the paper
-    studies: plain GRPO sharpens the policy onto its best mode and the entropy collapses; how fast
-    is what the entropy schedule decides.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    from reward import arithmetic_problems
-
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *"0123456789+-*=() "])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
-    core.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
-                                        unk_token="<unk>", padding_side="left")
-    torch.manual_seed(cfg.seed)
-    corpus_rng = random.Random(cfg.seed)
-    model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(vocab), hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-        tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=1))
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train = arithmetic_problems(64 * cfg.warm_start_steps, seed=10_000 + cfg.seed, levels=WARM_START_LEVELS)
-    probe = arithmetic_problems(64, seed=20_000 + cfg.seed)
-    for step in tqdm(range(1, cfg.warm_start_steps + 1), desc="warm start (supervised)", leave=False):
-        batch = train[(step - 1) * 64 : step * 64]
-        prompts = [tokenizer(p["prompt"], add_special_tokens=False).input_ids for p in batch]
-        answers = [tokenizer(warm_start_answer(p, corpus_rng), add_special_tokens=False).input_ids + [1]
-                   for p in batch]
-        length = max(len(p) + len(a) for p, a in zip(prompts, answers))
-        ids = torch.zeros(64, length, dtype=torch.long)
-        labels = torch.full((64, length), -100)
-        mask = torch.zeros(64, length, dtype=torch.long)
-        for i, (p, a) in enumerate(zip(prompts, answers)):  # left-padded, loss on the answer only
-            row = p + a
-            ids[i, length - len(row):] = torch.tensor(row)
-            mask[i, length - len(row):] = 1
-            labels[i, length - len(a):] = torch.tensor(a)
-        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-        loss = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    rollouts = generate_rollouts(model, tokenizer, [p["prompt"] for p in probe], 4, 4)
-    pass1 = float(np.mean([math_reward(t, probe[i // 4]["answer"]) for i, t in enumerate(rollouts.completions)]))
-    tmp = path + ".tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, "warm_start.json"), "w") as f:
-        json.dump({"steps": cfg.warm_start_steps, "probe_pass@1": pass1, "seed": cfg.seed}, f)
-    os.replace(tmp, path)
+# On a CPU a model this small gains nothing from a second thread, and OpenMP threads that spin while
+# another process shares the cores ran the built-in model 40x slower (2.6 s/it instead of 16 it/s);
+# OMP_NUM_THREADS, when set, decides instead.
+SMALL_MODEL = 20_000_000  # parameters
 
 
 def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
@@ -507,18 +681,41 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
-def make_schedule(cfg: Config, initial_entropy: float) -> EntropySchedule:
-    """The run's schedule; entropy_start defaults to the entropy measured at step 0."""
-    start = cfg.entropy_start or initial_entropy
+def make_schedule(cfg: Config) -> EntropySchedule:
+    """The run's schedule; targets left unset are relative to H0, the entropy at the first step."""
     if cfg.passk_goal > 0:  # the goal rule chooses start, end and stable_frac (overrides --schedule)
-        return schedule_for_goal(cfg.passk_goal, cfg.steps, start)
-    return EntropySchedule(cfg.schedule, start=start, end=cfg.entropy_end or 0.3 * start,
+        return schedule_for_goal(cfg.passk_goal, cfg.steps, cfg.entropy_start)
+    return EntropySchedule(cfg.schedule, start=cfg.entropy_start, end=cfg.entropy_end,
                            total_steps=cfg.steps, stable_frac=cfg.stable_frac,
                            anneal_shape=cfg.anneal_shape, period=cfg.cycle_period,
-                           warmup_steps=cfg.warmup_steps, warmup_from=initial_entropy)
+                           warmup_steps=cfg.warmup_steps)
 
 
-# ============================================================================ checkpoints
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5; the old name is deprecated
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+NO_SIGNAL_WARN_STEPS = 5
+NO_SIGNAL_MESSAGE = (
+    "for {steps} steps in a row every group's samples got the same reward (all wrong, or all right): "
+    "no gradient at all. Usually the reward never fires: check that --answer_field holds the reference "
+    "answers, that the model writes its answer in a form the verifier reads (\\boxed{{...}}, '#### 42', "
+    "'Answer: 42'; see --system_prompt and --chat_template), that --max_new_tokens does not cut answers "
+    "off, and that the task is neither far too hard nor too easy for this model. Verifier: {verifier}")
+
+
+def warn_when_no_signal(run: Run, zero_std_frac: float) -> None:
+    """Warn once when NO_SIGNAL_WARN_STEPS steps in a row had no group with reward variance."""
+    run.no_signal_steps = run.no_signal_steps + 1 if zero_std_frac == 1.0 else 0
+    if run.no_signal_steps == NO_SIGNAL_WARN_STEPS and run.rank == 0:
+        warnings.warn(NO_SIGNAL_MESSAGE.format(steps=run.no_signal_steps, verifier=run.verifier))
+
+
+# ---------------------------------------------------------------------------- checkpoints
 def checkpoint_dir(cfg: Config) -> str:
     return os.path.join(cfg.out_dir, "checkpoints")
 
@@ -531,29 +728,28 @@ def latest_checkpoint(cfg: Config) -> str | None:
         return os.path.join(checkpoint_dir(cfg), f.read().strip())
 
 
-def save_checkpoint(step: int, model, tokenizer, optimizer, trainer_state: dict, cfg: Config,
-                    rank: int, rng: dict) -> None:
+def save_checkpoint(run: Run, step: int) -> None:
     """Atomic: write step_N.tmp/, rename it to step_N/, then repoint `latest` (os.replace).
 
     A crash at any moment leaves `latest` pointing to a complete checkpoint. The model is an HF
     directory (`AutoModelForCausalLM.from_pretrained(path)` loads it); optimizer.pt holds the full
     optimizer state (read by rank 0 alone on resume, then broadcast); trainer_state.pt is small:
-    every rank's random streams (`rng`, this rank's) and the schedule / controller / curriculum.
+    every rank's random streams and the schedule / controller / curriculum / tracker.
     """
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state = get_model_state_dict(model, options=options)  # collective under FSDP
-    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
-    rngs = all_gather_list([rng])  # one entry per rank, in rank order
-    if rank == 0:
+    model_state = get_model_state_dict(run.model, options=options)  # collective under FSDP
+    optim_state = get_optimizer_state_dict(run.model, run.optimizer, options=options)
+    rngs = all_gather_list([rng_state(run.sampling_rng)])  # one entry per rank, in rank order
+    if run.rank == 0:
         name = f"step_{step:06d}"
-        final = os.path.join(checkpoint_dir(cfg), name)
+        final = os.path.join(checkpoint_dir(run.cfg), name)
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=model_state)
-        tokenizer.save_pretrained(tmp)
+        run.model.save_pretrained(tmp, state_dict=model_state)
+        run.tokenizer.save_pretrained(tmp)
         config_path = os.path.join(tmp, "config.json")  # FSDP renames the class: undo it
         with open(config_path) as f:
             hf_config = json.load(f)
@@ -561,30 +757,50 @@ def save_checkpoint(step: int, model, tokenizer, optimizer, trainer_state: dict,
         with open(config_path, "w") as f:
             json.dump(hf_config, f, indent=2)
         torch.save(optim_state, os.path.join(tmp, "optimizer.pt"))
-        torch.save({"step": step, "rng": rngs, **trainer_state}, os.path.join(tmp, "trainer_state.pt"))
+        torch.save({"step": step, "rng": rngs, "schedule": run.schedule.state_dict(),
+                    "controller": run.controller.state_dict(), "curriculum": run.curriculum.state_dict(),
+                    "tracker": run.tracker.state_dict(), "nonfinite_skipped": run.nonfinite_skipped,
+                    "config": dataclasses.asdict(run.cfg)}, os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        pointer = os.path.join(checkpoint_dir(cfg), "latest")
+        pointer = os.path.join(checkpoint_dir(run.cfg), "latest")
         with open(pointer + ".tmp", "w") as f:
             f.write(name)
         os.replace(pointer + ".tmp", pointer)
-        for old in sorted(d for d in os.listdir(checkpoint_dir(cfg)) if d.startswith("step_"))[:-2]:
-            shutil.rmtree(os.path.join(checkpoint_dir(cfg), old), ignore_errors=True)  # keep two
+        for old in sorted(d for d in os.listdir(checkpoint_dir(run.cfg)) if d.startswith("step_"))[:-2]:
+            shutil.rmtree(os.path.join(checkpoint_dir(run.cfg), old), ignore_errors=True)  # keep two
     if dist.is_initialized():
         dist.barrier()
 
 
-def load_optimizer(model, optimizer, checkpoint: str) -> None:
-    """The full optimizer state, read from disk by rank 0 only and broadcast (each rank keeps its
-    shard), so a resume on N ranks does not hold N copies of it in host memory."""
+def load_checkpoint(run: Run, checkpoint: str) -> int:
+    """Restore optimizer, schedule, controller, curriculum, tracker and random streams (the model
+    was loaded from the checkpoint already); returns the step to continue from."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    state = torch.load(os.path.join(checkpoint, "trainer_state.pt"), weights_only=False)
     distributed = dist.is_initialized()
-    state = {}
+    optim_state = {}  # read from disk by rank 0 only and broadcast: one copy in host memory
     if not distributed or dist.get_rank() == 0:
-        state = torch.load(os.path.join(checkpoint, "optimizer.pt"), mmap=True, weights_only=False)
-    set_optimizer_state_dict(model, optimizer, state,
+        optim_state = torch.load(os.path.join(checkpoint, "optimizer.pt"), mmap=True, weights_only=False)
+    set_optimizer_state_dict(run.model, run.optimizer, optim_state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed))
+    run.schedule.load_state_dict(state["schedule"])
+    run.controller.load_state_dict(state["controller"])
+    run.curriculum.load_state_dict(state["curriculum"])
+    run.tracker.load_state_dict(state["tracker"])
+    run.nonfinite_skipped = state["nonfinite_skipped"]
+    step = state["step"]
+    if len(state["rng"]) == run.world_size:  # every random stream where it was: an exact continuation
+        restore_rng(state["rng"][run.rank], run.sampling_rng)
+    else:
+        run.sampling_rng = seed_everything(run.cfg.seed + 1_000_003 * step, run.rank)
+        if run.rank == 0:
+            print(f"note: {checkpoint} was written by {len(state['rng'])} rank(s) and resumes on "
+                  f"{run.world_size}: model, optimizer, schedule, controller and curriculum are restored, "
+                  f"the random streams are re-seeded from --seed and the step, so the run goes on "
+                  f"faithfully but not bit-exactly (resume on {len(state['rng'])} rank(s) for that)")
+    return step
 
 
 def rng_state(sampling_rng: random.Random) -> dict:
@@ -613,334 +829,33 @@ def seed_everything(seed: int, rank: int) -> random.Random:
     return random.Random(seed * 7919 + rank)
 
 
-# ============================================================================ one RL step
-def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: random.Random,
-                     pool: list[int], reward_fn=math_reward,
-                     stop_ids: list[int] | None = None) -> tuple[Rollouts, torch.Tensor, list[int], dict]:
-    """Steps 2-4: generate, score, and (DAPO) keep only groups whose rewards differ.
-
-    Dynamic sampling replaces zero-signal groups with fresh prompts from `pool` for up to
-    `max_sampling_rounds` rounds; if that is not enough, zero-signal groups fill the batch (they
-    add no gradient) so that every rank keeps the same number of sequences. Whether another round
-    is needed is decided by all ranks together (an all-reduce of "still short of groups"), so every
-    rank runs the same number of rounds; a rank that is already full generates nothing in them.
-    Rewards live on the model's device, like everything the loss touches.
-    """
-    G, wanted = cfg.group_size, len(indices)
-    device = next(model.parameters()).device
-    kept: list[tuple[Rollouts, torch.Tensor, int]] = []  # (group rollouts, rewards (G,), prompt)
-    spare: list[tuple[Rollouts, torch.Tensor, int]] = []
-    stats = {"groups/zero_std_frac": None, "sampling/rounds": 0}
-    for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
-        if round_ > 0:  # one all-reduce a round: go on while any rank is short of groups
-            if all_reduce_sum([float(len(kept) < wanted)], device)[0] == 0:
-                break
-            indices = rng.sample(pool, wanted - len(kept)) if len(kept) < wanted else []
-        stats["sampling/rounds"] = round_ + 1
-        if not indices:
-            continue
-        rollouts = generate_rollouts(model, tokenizer, [problems[i]["prompt"] for i in indices], G,
-                                     cfg.max_new_tokens, cfg.temperature, cfg.top_p, stop_ids)
-        lengths = rollouts.loss_mask.sum(dim=1).tolist()
-        rewards = torch.tensor([reward_fn(text, problems[indices[j // G]]["answer"])
-                                + overlong_penalty(lengths[j], cfg.max_new_tokens, cfg.overlong_buffer)
-                                for j, text in enumerate(rollouts.completions)], device=device)  # (B,)
-        signal = groups_with_signal(rewards, G).tolist()
-        if stats["groups/zero_std_frac"] is None:  # the first round measures the policy, unfiltered
-            stats["groups/zero_std_frac"] = 1.0 - float(np.mean(signal))
-            stats["reward_sum"], stats["accuracy_sum"] = float(rewards.sum()), float((rewards > 0.5).sum())
-        for g, has_signal in enumerate(signal):
-            piece = (rollouts.select(range(g * G, (g + 1) * G)), rewards[g * G : (g + 1) * G], indices[g])
-            (kept if has_signal or not cfg.dynamic_sampling else spare).append(piece)
-    pieces = (kept + spare)[:wanted]
-    stats["groups/unfilled"] = max(0, wanted - len(kept))
-    return (concat_rollouts([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]),
-            [p[2] for p in pieces], stats)
-
-
-def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages, cfg: Config,
-                  knobs: dict, device: torch.device, world_size: int,
-                  ref_logprobs: torch.Tensor | None = None) -> dict:
-    """Step 7: `ppo_epochs` passes of `updates_per_step` optimizer steps over mini-batches of this
-    rank's groups (the same old log-probs throughout: later updates are off-policy, so the clip acts).
-
-    Each mini-batch's loss is normalised by its GLOBAL token (or sequence) count, summed over
-    ranks, so the objective is the same whatever the number of ranks and micro-batches. FSDP
-    averages gradients over ranks; our loss is already a global mean, hence `* world_size`.
-    """
-    B = rollouts.completion_ids.shape[0]
-    per_update = B // cfg.updates_per_step
-    starts = range(0, B, per_update)
-    counts = all_reduce_sum([float(rollouts.loss_mask[s : s + per_update].sum()) for s in starts], device)
-    num_updates = cfg.ppo_epochs * len(starts)
-    num_seqs = per_update * world_size
-    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
-    T = rollouts.completion_ids.shape[1]
-    totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
-    stat_sums: dict[str, float] = {}
-    for u, start in [(u, s) for _ in range(cfg.ppo_epochs) for u, s in enumerate(starts)]:
-        optimizer.zero_grad(set_to_none=True)
-        order = start + length_sorted(attention_mask[start : start + per_update])  # (per_update,)
-        for rows in order.split(cfg.micro_batch_size):  # micro-batches of similar length: less padding
-            with autocast(model):
-                logprobs, entropy = sequence_logprobs_and_entropy(
-                    model, input_ids[rows], attention_mask[rows], T, cfg.logprob_chunk_size,
-                    cfg.temperature)
-            loss, stats = policy_loss(
-                logprobs, old_logprobs[rows], advantages[rows], rollouts.loss_mask[rows],
-                clip_low=cfg.clip_low, clip_high=knobs["clip_high"], dual_clip=cfg.dual_clip,
-                loss_agg=cfg.loss_agg, num_tokens=counts[u], num_seqs=num_seqs,
-                max_len=cfg.max_new_tokens, entropy=entropy, entropy_coef=knobs["entropy_coef"],
-                pos_weight=1 - knobs["adv_balance"], neg_weight=1 + knobs["adv_balance"],
-                ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows], kl_coef=cfg.kl_coef)
-            (loss * world_size).backward()
-            totals["loss/policy"] += loss.item()
-            weight = float(rollouts.loss_mask[rows].sum()) / max(counts[u], 1.0)
-            for key, value in stats.items():
-                stat_sums[key] = stat_sums.get(key, 0.0) + value * weight
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        if not torch.isfinite(grad_norm):  # every rank sees the same global norm: all skip together
-            warnings.warn(f"non-finite gradient norm ({grad_norm.item()}); update skipped")
-            optimizer.zero_grad(set_to_none=True)
-            totals["nonfinite_skipped"] += 1
-            continue
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next rollout
-        totals["grad_norm"] += grad_norm.item() / num_updates
-    # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
-    keys = sorted(stat_sums)
-    summed = all_reduce_sum([totals["loss/policy"]] + [stat_sums[k] for k in keys], device)
-    out = {"loss/policy": summed[0] / num_updates, "grad_norm": totals["grad_norm"],
-           "nonfinite_skipped": totals["nonfinite_skipped"]}
-    for key, value in zip(keys, summed[1:]):
-        out[f"loss/{key}"] = value / num_updates
-    return out
-
-
-# ============================================================================ the loop
-NO_SIGNAL_WARN_STEPS = 5
-NO_SIGNAL_MESSAGE = (
-    "for {steps} steps in a row every group's samples got the same reward (all wrong, or all right): "
-    "no gradient at all. Usually the reward never fires: check that --answer_field holds the reference "
-    "answers, that the model writes its answer in a form the verifier reads (\\boxed{{...}}, '#### 42', "
-    "'Answer: 42'; see --system_prompt and --chat_template), that --max_new_tokens does not cut answers "
-    "off, and that the task is neither far too hard nor too easy for this model. Verifier: {verifier}")
-
-def main(argv: list[str] | None = None) -> None:
-    rank, world_size, device = setup_distributed()
-    hf_logging.disable_progress_bar()  # our own bars only
-    try:
-        cfg = parse_config(sys.argv[1:] if argv is None else argv).resolved()
-        validate(cfg, world_size)
-        reward_fn, verifier_note = make_verifier(cfg.verifier)
-        if rank == 0:
-            print(f"verifier: {verifier_note}", flush=True)  # the first line: who scores this run
-        train_problems, held_out = load_data(cfg)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sampling_rng = seed_everything(cfg.seed, rank)
-    os.makedirs(checkpoint_dir(cfg), exist_ok=True)
-    if cfg.model == "embedded" and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # a 0.64M-parameter model gains nothing from a second thread, and OpenMP threads that spin
-        # while another process shares the cores ran the warm start 40x slower (2.6 s/it vs 16 it/s)
-        torch.set_num_threads(1)
-
-    # ---- the policy: a checkpoint to resume, the embedded default, or any HF model
-    resume_from = latest_checkpoint(cfg) if cfg.resume else None
-    initial_path = cfg.model
-    if cfg.model == "embedded":
-        initial_path = os.path.join(cfg.out_dir, "base_model")
-        if rank == 0 and not os.path.exists(initial_path):
-            build_embedded_default(initial_path, cfg)
-        if dist.is_initialized():
-            dist.barrier()
-    model_path = resume_from or initial_path
-    model, tokenizer = load_policy(model_path, device)
-    num_params = sum(p.numel() for p in model.parameters())
-    if cfg.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-    if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO's prompts carry their own
-        cfg.system_prompt = "Please reason step by step, and put your final answer within \\boxed{}."
-    train_problems = format_prompts(train_problems, tokenizer, cfg.chat_template, cfg.system_prompt)
-    held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
-    ref_model = None
-    if cfg.kl_coef > 0:  # a frozen copy of the starting policy
-        ref_model, _ = load_policy(initial_path, device)
-        ref_model.requires_grad_(False)
-    stop_ids = stop_token_ids(tokenizer, model)  # EOS and the chat template's end of turn
-    if dist.is_initialized():  # FSDP2 under torchrun, one rank included
-        shard_model(model)
-        if ref_model is not None:
-            shard_model(ref_model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    # ---- schedule, controller, curriculum (targets may need the entropy of step 0)
-    curriculum = TwoPhaseCurriculum([p.get("level") for p in train_problems],
-                                    order="off" if cfg.curriculum == "off" else cfg.curriculum_order,
-                                    seed=cfg.seed)
-    gains = {"pid": {"kp": cfg.kp, "ki": cfg.ki, "kd": cfg.kd},
-             "pid-entropy": {"kp": cfg.kp, "ki": cfg.ki, "kd": cfg.kd},
-             "balance": {"kp": cfg.kp, "ki": cfg.ki},
-             "skywork": {"delta": cfg.skywork_delta}}[cfg.controller]
-    controller = make_controller(cfg.controller, **{k: v for k, v in gains.items() if v is not None},
-                                 **({"init": cfg.clip_high} if cfg.controller == "pid" else {}))
-    schedule: EntropySchedule | None = None
-    tracker = TrackingError()
-    start_step, skipped_total = 0, 0
-    if resume_from:
-        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
-        load_optimizer(model, optimizer, resume_from)
-        schedule = EntropySchedule(**state["schedule"]) if state["schedule"] else None
-        controller.load_state_dict(state["controller"])
-        curriculum.load_state_dict(state["curriculum"])
-        tracker.load_state_dict(state["tracker"])
-        start_step, skipped_total = state["step"], state["nonfinite_skipped"]
-        if len(state["rng"]) == world_size:  # every random stream where it was: an exact continuation
-            restore_rng(state["rng"][rank], sampling_rng)
-        else:
-            sampling_rng = seed_everything(cfg.seed + 1_000_003 * start_step, rank)
-            if rank == 0:
-                print(f"note: {resume_from} was written by {len(state['rng'])} rank(s) and resumes on "
-                      f"{world_size}: model, optimizer, schedule, controller and curriculum are restored, "
-                      f"the random streams are re-seeded from --seed and the step, so the run goes on "
-                      f"faithfully but not bit-exactly (resume on {len(state['rng'])} rank(s) for that)")
-    if rank == 0:
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
-        print(f"config: {json.dumps(dataclasses.asdict(cfg))}")
-        print(f"policy: {model_path} ({num_params / 1e6:.2f}M "
-              f"parameters), {len(train_problems)} training / {len(held_out)} held-out problems, "
-              f"{world_size} rank(s) on {device.type}" + (f", resuming at step {start_step}" if resume_from else ""))
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if rank == 0:  # drop lines of steps after the checkpoint: they are redone now
+# ---------------------------------------------------------------------------- the report
+def open_metrics(run: Run, start_step: int) -> str:
+    """metrics.jsonl, emptied, or on resume cut back to the steps before the checkpoint (those
+    after it are redone now)."""
+    path = os.path.join(run.cfg.out_dir, "metrics.jsonl")
+    if run.rank == 0:
         keep = []
-        if resume_from and os.path.exists(metrics_path):
-            with open(metrics_path) as f:
+        if start_step > 0 and os.path.exists(path):
+            with open(path) as f:
                 keep = [line for line in f if line.strip() and json.loads(line)["step"] < start_step]
-        with open(metrics_path, "w") as f:
+        with open(path, "w") as f:
             f.writelines(keep)
-    ks = [int(k) for k in cfg.eval_k.split(",")]
-    # evaluation generates as many sequences at once as a rollout batch does (same memory)
-    eval_prompts_per_batch = max(1, cfg.prompts_per_step // world_size * cfg.group_size // cfg.eval_n)
+    return path
 
-    def evaluate(step: int) -> dict:
-        """pass@k and entropy on the held-out set, prompts split across ranks (any split: a rank
-        may get fewer prompts, or none)."""
-        if rank == 0:
-            tqdm.write(f"step {step}: held-out pass@k on {len(held_out)} prompts x {cfg.eval_n} samples "
-                       f"x <= {cfg.max_new_tokens} tokens, over {world_size} rank(s)")
-        with generation_mode(model):
-            result = evaluate_passk(model, tokenizer, held_out[rank::world_size], reward_fn,
-                                    cfg.eval_n, ks, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                    prompts_per_batch=eval_prompts_per_batch, chunk_size=cfg.logprob_chunk_size,
-                                    micro_batch_size=cfg.micro_batch_size, progress=rank == 0, stop_ids=stop_ids)
-        correct = all_gather_list(result["correct"])
-        entropy = all_reduce_sum([result["entropy"] * result["tokens"], result["tokens"]], device)
-        out = {f"eval/{k}": v for k, v in summarize(correct, cfg.eval_n, ks).items()}
-        out["eval/entropy"] = entropy[0] / max(entropy[1], 1)
-        if rank == 0:
-            tqdm.write(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
-        out["eval/correct"] = correct  # per held-out prompt (rank order): for bootstrap intervals
-        return out
 
-    G = cfg.group_size
-    no_signal_steps = 0  # consecutive steps in which no group had any reward variance
-    pool = list(range(len(train_problems)))
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL",
-               disable=rank != 0, dynamic_ncols=True)
-    eval_metrics = evaluate(start_step) if start_step == 0 else {}
-    for step in bar:
-        t_step = time.time()
-        # 1. prompts: the same global draw on every rank, each takes its slice
-        phase = schedule.phase(step) if schedule else "stable"
-        indices = curriculum.sample(cfg.prompts_per_step, phase)[rank::world_size]
-        # 2-3. rollouts and rewards (with DAPO dynamic sampling)
-        t0 = time.time()
-        with generation_mode(model):
-            rollouts, rewards, indices, sample_stats = collect_rollouts(
-                model, tokenizer, train_problems, indices, cfg, sampling_rng, pool, reward_fn, stop_ids)
-        rollout_s = time.time() - t0
-        # 4. advantages, per group
-        advantages = group_advantages(rewards, G, cfg.adv_scale)  # (B,)
-        # 5. old log-probs and the entropy the controller sees (fused, chunked, no grad)
-        t0 = time.time()
-        with autocast(model):
-            old_logprobs, entropy = policy_logprobs_and_entropy(
-                model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)
-            ref_logprobs = None if ref_model is None else policy_logprobs_and_entropy(
-                ref_model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)[0]
-        mask = rollouts.loss_mask
-        mismatch = sampler_mismatch(rollouts, old_logprobs)  # (B, T): trainer vs sampler log-probs
-        sums = all_reduce_sum([float((entropy * mask).sum()), float(mask.sum()),
-                               sample_stats.pop("reward_sum"), float(rewards.numel()),
-                               sample_stats.pop("accuracy_sum"), float(rewards.sum()),
-                               float(mismatch.sum()), sample_stats.pop("groups/zero_std_frac")], device)
-        measured_entropy, tokens = sums[0] / sums[1], sums[1]
-        zero_std_frac = sums[7] / world_size  # every rank has the same number of groups
-        no_signal_steps = no_signal_steps + 1 if zero_std_frac == 1.0 else 0
-        if no_signal_steps == NO_SIGNAL_WARN_STEPS and rank == 0:
-            warnings.warn(NO_SIGNAL_MESSAGE.format(steps=no_signal_steps, verifier=verifier_note))
-        # 6. entropy control: the schedule gives H*(step), the controller the knob for this update
-        if schedule is None:  # first step: targets may be relative to the entropy measured now
-            schedule = make_schedule(cfg, measured_entropy)
-            phase = schedule.phase(step)
-        target = schedule.target(step)
-        knob = controller.update(measured_entropy, target)
-        knobs = {"clip_high": cfg.clip_high, "entropy_coef": 0.0, "adv_balance": 0.0,
-                 controller.name: knob}
-        track_err = tracker.add(measured_entropy, target, phase)
-        # 7. policy update
-        t0 = time.time()
-        model.train()
-        update_stats = policy_update(model, optimizer, rollouts, old_logprobs, advantages, cfg, knobs,
-                                     device, world_size, ref_logprobs)
-        update_s = time.time() - t0
-        skipped_total += update_stats.pop("nonfinite_skipped")
-        # curriculum: every rank folds in every rank's pass rates, so its state stays identical
-        pass_rates = (rewards > 0.5).float().view(-1, G).mean(dim=1).tolist()
-        curriculum.update(all_gather_list(indices), all_gather_list(pass_rates))
-        # 8. log, evaluate, save
-        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
-            eval_metrics = evaluate(step + 1)
-        record = {"step": step, "reward/mean": sums[2] / sums[3], "reward/accuracy": sums[4] / sums[3],
-                  "reward/batch_mean": sums[5] / sums[3],
-                  "entropy": measured_entropy, "entropy/target": target, "entropy/knob": knob,
-                  "entropy/knob_name": controller.name, "entropy/track_err": track_err,
-                  **{f"entropy/track_err_{p}": v for p, v in tracker.summary().items()},
-                  **update_stats, "response_length/mean": tokens / sums[3], "tokens": tokens,
-                  "rollout/logp_mismatch": sums[6] / sums[1], "groups/zero_std_frac": zero_std_frac,
-                  **sample_stats, "curriculum/phase": phase, **curriculum.stats(),
-                  "nonfinite_skipped": skipped_total, "time/rollout_s": rollout_s,
-                  "time/update_s": update_s, "time/step_s": time.time() - t_step, **eval_metrics}
-        eval_metrics = {}
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(reward=f"{record['reward/mean']:.2f}", H=f"{measured_entropy:.3f}",
-                            target="-" if target is None else f"{target:.3f}", knob=f"{knob:.3f}")
-        done = step + 1 == cfg.steps
-        if done or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-            save_checkpoint(step + 1, model, tokenizer, optimizer,
-                            {"schedule": schedule.state_dict(), "controller": controller.state_dict(),
-                             "curriculum": curriculum.state_dict(), "tracker": tracker.state_dict(),
-                             "nonfinite_skipped": skipped_total, "config": dataclasses.asdict(cfg)},
-                            cfg, rank, rng_state(sampling_rng))
-    bar.close()
-    if rank == 0:
-        summary = {"tracking_error": tracker.summary(), "nonfinite_skipped": skipped_total}
-        with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        print(f"done: {json.dumps(summary)}; metrics in {metrics_path}")
-        with open(metrics_path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        print(text_plot({"-": [r["entropy/target"] for r in rows], "*": [r["entropy"] for r in rows]},
-                        "entropy (*) and its target (-), nats"))
-        print(text_plot({"*": [r["reward/mean"] for r in rows]}, "mean reward (*)"))
-        plot_metrics(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
-    teardown_distributed()  # under torchrun: barrier, destroy, exit (see rollout.py)
+def finish(run: Run, metrics_path: str) -> None:
+    """summary.json, two plain-text plots on the terminal, and metrics.png with matplotlib."""
+    summary = {"tracking_error": run.tracker.summary(), "nonfinite_skipped": run.nonfinite_skipped}
+    with open(os.path.join(run.cfg.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"done: {json.dumps(summary)}; metrics in {metrics_path}")
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    print(text_plot({"-": [r["entropy/target"] for r in rows], "*": [r["entropy"] for r in rows]},
+                    "entropy (*) and its target (-), nats"))
+    print(text_plot({"*": [r["reward/mean"] for r in rows]}, "mean reward (*)"))
+    plot_metrics(rows, os.path.join(run.cfg.out_dir, "metrics.png"))
 
 
 def text_plot(series: dict[str, list], title: str, width: int = 60, height: int = 8) -> str:
@@ -978,7 +893,7 @@ def text_plot(series: dict[str, list], title: str, width: int = 60, height: int 
     return "\n".join(lines)
 
 
-def plot_metrics(metrics_path: str, png_path: str) -> None:
+def plot_metrics(rows: list[dict], png_path: str) -> None:
     """Entropy vs target, reward and the knob over steps, when matplotlib is installed."""
     try:
         import matplotlib
@@ -986,12 +901,10 @@ def plot_metrics(metrics_path: str, png_path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].plot(steps, [r["entropy"] for r in rows], label="measured")
-    axes[0].plot(steps, [r["entropy/target"] if r["entropy/target"] is not None else math.nan for r in rows],
+    axes[0].plot(steps, [math.nan if r["entropy/target"] is None else r["entropy/target"] for r in rows],
                  "--", label="target")
     axes[0].set(title="entropy (nats)", xlabel="step")
     axes[0].legend()

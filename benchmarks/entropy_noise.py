@@ -35,15 +35,15 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from rollout import format_prompts, load_policy, policy_logprobs_and_entropy, stop_token_ids  # noqa: E402
-from train import collect_rollouts, generation_mode, load_data, parse_config  # noqa: E402
+from distributed import generation_mode  # noqa: E402
+from train import collect_rollouts, load_data, parse_config  # noqa: E402
 
 
 def batch_entropy(model, tokenizer, problems: list[dict], indices: list[int], cfg, rng, stop_ids) -> float:
     """Mean token entropy of the batch train.py trains on and its controller reads (H_s): G
     completions per prompt, after dynamic sampling when the config has it (DAPO's default)."""
     with generation_mode(model):
-        rollouts = collect_rollouts(model, tokenizer, problems, indices, cfg, rng,
-                                    list(range(len(problems))), stop_ids=stop_ids)[0]
+        rollouts = collect_rollouts(model, tokenizer, problems, indices, cfg, rng, stop_ids=stop_ids)[0]
     entropy = policy_logprobs_and_entropy(model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size,
                                           cfg.temperature)[1]
     mask = rollouts.loss_mask

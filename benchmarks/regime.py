@@ -107,11 +107,12 @@ def run(name: str, seed: int, base: str | None, args) -> dict:
 
 
 def build_base(path: str, train_flags: list[str]) -> str:
-    """Warm-start the embedded base model into `path` (unless it is there), in a subprocess with
+    """Warm-start the built-in base model into `path` (unless it is there), in a subprocess with
     one thread, so that `--jobs` of them build side by side. Returns `path`."""
     if not os.path.exists(os.path.join(path, "config.json")):
         code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch; torch.set_num_threads(1); "
-                f"import train; train.build_embedded_default({path!r}, train.parse_config({train_flags!r}))")
+                f"import train, testbed; cfg = train.parse_config({train_flags!r}); "
+                f"testbed.build_base_model({path!r}, cfg.seed, cfg.warm_start_steps)")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ONE_THREAD)
         if proc.returncode != 0:
             raise RuntimeError(f"building the base model {path} failed:\n{proc.stderr[-2000:]}")

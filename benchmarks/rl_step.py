@@ -24,9 +24,9 @@ decoding finished rows until the longest one is done, so their compute is spent 
 
 The step, each phase timed separately (the code under test in the right column):
   1. rollout        --prompts x --group_size completions    rollout.generate_rollouts inside
-                                                             train.generation_mode
+                                                             distributed.generation_mode
   2. old log-probs  no-grad pass over prompt + completion   rollout.policy_logprobs_and_entropy
-                                                             inside train.autocast
+                                                             inside distributed.autocast
   3. update         random 0/1 rewards -> advantages         loss.group_advantages,
                                                              train.policy_update (AdamW)
 Rewards are random because there is no verifier to time here; a reward function costs little next
@@ -64,9 +64,10 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 import train  # noqa: E402
+from distributed import autocast, generation_mode, setup_distributed, shard_model, teardown_distributed  # noqa: E402,E501
 from loss import group_advantages  # noqa: E402
-from rollout import (generate_rollouts, policy_logprobs_and_entropy, setup_distributed,  # noqa: E402
-                     teardown_distributed)
+from rollout import generate_rollouts, policy_logprobs_and_entropy  # noqa: E402
+from testbed import char_tokenizer  # noqa: E402
 
 # Qwen2Config fields of each shape; the two Qwen2.5 rows are the hub checkpoints' config.json values.
 PRESETS = {
@@ -135,19 +136,6 @@ def build_model(shape: str, device: torch.device):
     return model
 
 
-def build_tokenizer():
-    """A character-level tokenizer (as train.build_embedded_default builds): <pad> 0, <eos> 1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *PROMPT_CHARS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>", padding_side="left")
-
-
 def make_prompts(n: int, length: int, seed: int) -> list[str]:
     """n random strings of `length` characters, so `length` tokens each (no padding in the batch)."""
     rng = random.Random(seed)
@@ -201,14 +189,14 @@ def rl_step(model, tokenizer, optimizer, prompts: list[str], cfg: train.Config, 
             world_size: int) -> dict:
     """One RL step on this rank's prompts; returns each phase's time and memory over all ranks."""
     def rollout_phase():
-        with train.generation_mode(model):
+        with generation_mode(model):
             return generate_rollouts(model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens,
                                      cfg.temperature, cfg.top_p)
 
     rollouts, rollout_m = measure(rollout_phase, device)
 
     def old_logprob_phase():
-        with train.autocast(model):
+        with autocast(model):
             return policy_logprobs_and_entropy(model, rollouts, cfg.micro_batch_size,
                                                cfg.logprob_chunk_size, cfg.temperature)
 
@@ -216,11 +204,10 @@ def rl_step(model, tokenizer, optimizer, prompts: list[str], cfg: train.Config, 
     B = rollouts.completion_ids.shape[0]
     rewards = torch.randint(0, 2, (B,), device=device).float()  # (B,) no verifier: random 0/1
     advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale)  # (B,)
-    knobs = {"clip_high": cfg.clip_high, "entropy_coef": 0.0, "adv_balance": 0.0}
 
     def update_phase():
         model.train()
-        return train.policy_update(model, optimizer, rollouts, old_logprobs, advantages, cfg, knobs,
+        return train.policy_update(model, optimizer, rollouts, old_logprobs, advantages, cfg, {},
                                    device, world_size)
 
     update_stats, update_m = measure(update_phase, device)
@@ -269,9 +256,9 @@ def main(argv=None) -> None:
     if cfg.gradient_checkpointing:
         train.enable_activation_checkpointing(model)
     if dist.is_initialized():  # FSDP2 under torchrun, one rank included (as train.py)
-        train.shard_model(model)
+        shard_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    tokenizer = build_tokenizer()
+    tokenizer = char_tokenizer(PROMPT_CHARS)
     prompts = make_prompts(args.prompts, args.prompt_len, args.seed)[rank::world_size]
     torch.manual_seed(args.seed + rank)  # ranks sample different completions
 
@@ -320,7 +307,7 @@ def main(argv=None) -> None:
             with open(args.out, "w") as f:
                 json.dump(record, f, indent=2)
             print(f"wrote {args.out}")
-    teardown_distributed()  # under torchrun: barrier, destroy, exit (see rollout.py)
+    teardown_distributed()  # under torchrun: barrier, destroy, exit (see distributed.py)
 
 
 if __name__ == "__main__":

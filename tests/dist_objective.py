@@ -14,10 +14,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 import train  # noqa: E402
+from distributed import setup_distributed, shard_model, teardown_distributed  # noqa: E402
 from rollout import Rollouts, completion_mask, policy_logprobs_and_entropy  # noqa: E402
 
 out_path, loss_agg, micro_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rank, world, device = train.setup_distributed()
+rank, world, device = setup_distributed()
 torch.manual_seed(0)
 model = Qwen2ForCausalLM(Qwen2Config(vocab_size=20, hidden_size=32, intermediate_size=64,
                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -36,14 +37,14 @@ old_logprobs = old_logprobs + 0.3 * torch.randn(B, T, generator=g)  # off-policy
 advantages = torch.randn(B, generator=g)
 rows = [r for r in range(B) if (r // 2) % world == rank]  # whole groups per rank
 if world > 1:
-    train.shard_model(model)
+    shard_model(model)
 cfg = train.Config(updates_per_step=1, micro_batch_size=micro_batch, loss_agg=loss_agg, max_new_tokens=T,
                    prompts_per_step=4).resolved()
 optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # SGD: a wrong loss scale shows (Adam hides it)
-knobs = {"clip_high": 0.28, "entropy_coef": 0.0, "adv_balance": 0.0}
+knobs = {"clip_high": 0.28}
 stats = train.policy_update(model, optimizer, batch.select(rows), old_logprobs[rows], advantages[rows],
                             cfg, knobs, device, world)
 state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if rank == 0:
     torch.save({"params": state, "loss": stats["loss/policy"], "clipfrac": stats["loss/clipfrac"]}, out_path)
-train.teardown_distributed()
+teardown_distributed()

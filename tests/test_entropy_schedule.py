@@ -4,7 +4,8 @@ import random
 import pytest
 
 from entropy_schedule import (BalanceController, EntropySchedule, PIDClipController,
-                              SkyworkController, TrackingError, make_controller, schedule_for_goal)
+                              SkyworkController, TrackingError, loss_arguments, make_controller,
+                              schedule_for_goal)
 
 
 def test_schedule_values_by_hand():
@@ -25,10 +26,40 @@ def test_schedule_values_by_hand():
 
 
 def test_warmup_ramps_from_measured_entropy():
-    s = EntropySchedule("constant", start=1.0, end=1.0, total_steps=100, warmup_steps=10, warmup_from=0.5)
+    s = EntropySchedule("constant", start=1.0, end=1.0, total_steps=100, warmup_steps=10, initial_entropy=0.5)
     assert [s.target(t) for t in (0, 5, 10, 50)] == pytest.approx([0.5, 0.75, 1.0, 1.0])
     sa = EntropySchedule("stable-anneal", 1.0, 0.2, 110, stable_frac=0.5, warmup_steps=10)
     assert sa.anneal_start == 60
+
+
+def test_relative_targets_wait_for_the_initial_entropy():
+    s = EntropySchedule("stable-anneal", total_steps=100, stable_frac=0.5, anneal_shape="linear")
+    assert s.phase(0) == "stable" and s.phase(50) == "anneal"  # phases need no H0
+    with pytest.raises(ValueError, match="set initial_entropy first"):
+        s.target(0)
+    s.initial_entropy = 2.0  # start = 1.0 x H0, end = 0.3 x start
+    assert [s.target(t) for t in (0, 50, 75, 100)] == pytest.approx([2.0, 2.0, 1.3, 0.6])
+    mixed = EntropySchedule("constant", end=0.2, total_steps=10, initial_entropy=0.9)
+    assert (mixed.start_value, mixed.end_value) == (0.9, 0.2)
+    goal = schedule_for_goal(1, total_steps=100)  # pass@1: 0.8 H0 -> 0.25 H0, relative
+    goal.initial_entropy = 2.0
+    assert (goal.target(0), goal.target(100)) == pytest.approx((1.6, 0.5))
+
+
+def test_each_knob_reaches_the_loss_as_policy_loss_arguments():
+    import inspect
+
+    from loss import policy_loss
+
+    arguments = inspect.signature(policy_loss).parameters
+    for name in ("pid", "pid-entropy", "skywork", "balance"):
+        controller = make_controller(name)
+        knob = controller.update(0.5, 1.0)
+        assert set(loss_arguments(controller.name, knob)) <= set(arguments)
+    assert loss_arguments("entropy_coef", -0.25) == {"entropy_coef": -0.25}
+    assert loss_arguments("adv_balance", 0.5) == {"pos_weight": 0.5, "neg_weight": 1.5}
+    with pytest.raises(ValueError, match="unknown knob"):
+        loss_arguments("temperature", 1.0)
 
 
 def test_phases():

@@ -116,10 +116,11 @@ def test_bad_data_file_fails_at_start(llama_dir, tmp_path):
 
 
 def test_eval_passk_runs_copied_with_rollout_and_reward_alone(llama_dir, data_file, tmp_path):
-    """eval_passk.py imports no train.py: the three files copied elsewhere are a working tool."""
+    """eval_passk.py imports no train.py: copied elsewhere with the files it names in its docstring
+    (rollout.py, reward.py, data.py, distributed.py) it is a working tool."""
     import shutil
 
-    for name in ("eval_passk.py", "rollout.py", "reward.py"):
+    for name in ("eval_passk.py", "rollout.py", "reward.py", "data.py", "distributed.py"):
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     proc = subprocess.run([sys.executable, "eval_passk.py", "--model", str(llama_dir), "--dataset", str(data_file),
                            "--prompt_field", "question", "--n", "2", "--k", "1,2", "--max_new_tokens", "4",
