@@ -59,20 +59,24 @@ def summarize(correct: list[int], n: int, ks: list[int]) -> dict[str, float]:
 def evaluate_passk(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
                    max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                    prompts_per_batch: int = 16, chunk_size: int = 256, micro_batch_size: int = 64,
-                   progress: bool = False, stop_ids: list[int] | None = None) -> dict:
+                   progress: bool = False, stop_ids: list[int] | None = None,
+                   keep_samples: int = 0) -> dict:
     """Sample n completions per problem; returns per-problem correct counts, pass@k and entropy.
 
     `problems` are dicts with "prompt" (already templated) and "answer"; `reward_fn(completion,
     answer)` returns 1.0 for a correct completion. The entropy is the token-mean over all samples
     of the full next-token distribution's entropy at this temperature. `progress` shows a bar with
-    an ETA; an empty `problems` (a rank with no share) returns empty counts.
+    an ETA; an empty `problems` (a rank with no share) returns empty counts. "samples" holds the
+    first completion of each of the first `keep_samples` problems, with its reward and the answer
+    the verifier read in it: what to look at when every reward is 0.
     """
     import torch
     from tqdm import tqdm
 
+    from reward import extract_answer
     from rollout import generate_rollouts, policy_logprobs_and_entropy
 
-    correct, entropy_sum, tokens = [], 0.0, 0
+    correct, entropy_sum, tokens, samples = [], 0.0, 0, []
     bar = tqdm(total=len(problems), desc=f"pass@k ({n} samples)", unit="prompt", disable=not progress,
                leave=False, dynamic_ncols=True)
     for start in range(0, len(problems), prompts_per_batch):
@@ -82,20 +86,39 @@ def evaluate_passk(model, tokenizer, problems: list[dict], reward_fn, n: int, ks
         rewards = torch.tensor([reward_fn(text, batch[i // n]["answer"])
                                 for i, text in enumerate(rollouts.completions)])
         correct += (rewards.view(len(batch), n) > 0.5).sum(dim=1).tolist()
+        for i, problem in enumerate(batch[: max(keep_samples - start, 0)]):
+            text = rollouts.completions[i * n]
+            samples.append({"index": start + i, "prompt": problem["prompt"], "answer": problem["answer"],
+                            "completion": text, "extracted": extract_answer(text),
+                            "reward": float(rewards[i * n])})
         _, entropy = policy_logprobs_and_entropy(model, rollouts, micro_batch_size, chunk_size, temperature)
         entropy_sum += (entropy * rollouts.loss_mask).sum().item()
         tokens += int(rollouts.loss_mask.sum())
         bar.update(len(batch))
     bar.close()
     return {"correct": correct, "n": n, "entropy": entropy_sum / max(tokens, 1), "tokens": tokens,
-            **summarize(correct, n, ks)}
+            "samples": samples, **summarize(correct, n, ks)}
+
+
+def describe(sample: dict, width: int = 160) -> str:
+    """One line on a sample: the prompt's end, what the model wrote, what the verifier read in it,
+    the reference and the reward.
+
+    >>> describe({"prompt": "5+8=", "answer": "12", "extracted": "13", "reward": 0.0, "completion": "13"})
+    "'5+8=' -> '13': read '13', answer '12', reward 0"
+    """
+    def tail(text, size):  # the end of a prompt is the question; the end of a completion its answer
+        return repr(text if len(text) <= size else "..." + text[-size:])
+
+    return (f"{tail(sample['prompt'], 60)} -> {tail(sample['completion'], width)}: read "
+            f"{sample['extracted']!r}, answer {sample['answer']!r}, reward {sample['reward']:g}")
 
 
 def evaluate_on_ranks(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
                       max_new_tokens: int, **kwargs) -> dict:
     """`evaluate_passk` with the problems split across ranks: rank r samples problems[r::world]
     (any split: a rank may get fewer problems, or none). Every rank returns the whole result, its
-    per-problem counts in the problems' own order. One process: the same as `evaluate_passk`."""
+    per-problem counts and samples in the problems' own order. One process: `evaluate_passk`."""
     import torch.distributed as dist
 
     from distributed import all_gather_list
@@ -108,7 +131,11 @@ def evaluate_on_ranks(model, tokenizer, problems: list[dict], reward_fn, n: int,
         correct[r::world] = part["correct"]
     tokens = sum(part["tokens"] for part in parts)
     entropy = sum(part["entropy"] * part["tokens"] for part in parts) / max(tokens, 1)
-    return {"correct": correct, "n": n, "entropy": entropy, "tokens": tokens, **summarize(correct, n, ks)}
+    samples = sorted(({**sample, "index": r + sample["index"] * world}
+                      for r, part in enumerate(parts) for sample in part["samples"]),
+                     key=lambda sample: sample["index"])[: kwargs.get("keep_samples", 0)]
+    return {"correct": correct, "n": n, "entropy": entropy, "tokens": tokens, "samples": samples,
+            **summarize(correct, n, ks)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,7 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="default: data.default_max_new_tokens (4 for arithmetic, 1024 otherwise)")
     parser.add_argument("--prompts_per_batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="write per-problem counts and the summary here")
+    parser.add_argument("--out", default=None,
+                        help="write per-problem counts, the summary and --samples completions here")
+    parser.add_argument("--samples", type=int, default=8,
+                        help="problems whose first completion --out keeps, with reward and answer")
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.k.split(",")]
     for k in ks:
@@ -168,16 +198,20 @@ def main(argv: list[str] | None = None) -> dict:
               f"over {world} rank(s) on {device.type}", flush=True)
     result = evaluate_on_ranks(model, tokenizer, problems, reward_fn, args.n, ks, max_new,
                                temperature=args.temperature, top_p=args.top_p,
-                               prompts_per_batch=args.prompts_per_batch, progress=rank == 0)
+                               prompts_per_batch=args.prompts_per_batch, progress=rank == 0,
+                               keep_samples=args.samples)
     if rank == 0:
         print(f"\n{args.model} on {args.dataset} ({len(problems)} problems, n={args.n}, "
               f"T={args.temperature})")
         print("  " + "  ".join(f"{key:>9}" for key in [f"pass@{k}" for k in ks] + ["entropy"]))
         print("  " + "  ".join(f"{result[key]:>9.4f}" for key in [f"pass@{k}" for k in ks] + ["entropy"]))
+        for sample in result["samples"][:2]:
+            print("  sample: " + describe(sample))
         if args.out:
             with open(args.out, "w") as f:
                 json.dump({"model": args.model, "dataset": args.dataset, "args": vars(args),
-                           "summary": {k: v for k, v in result.items() if k != "correct"},
+                           "summary": {k: v for k, v in result.items() if k not in ("correct", "samples")},
+                           "samples": result["samples"],
                            "per_problem": [{"prompt": p["prompt"], "answer": p["answer"], "correct": c}
                                            for p, c in zip(problems, result["correct"])]}, f, indent=1)
             print(f"wrote {args.out}")

@@ -17,15 +17,20 @@ Every denominator can be passed in (`num_tokens`, `num_seqs`), so that a trainer
 or micro-batches divides by the GLOBAL count and its objective does not depend on how the batch
 is split (OpenRLHF pins the same with a test; so does tests/test_loss.py).
 
-Two optional terms steer entropy, the quantity the Entropy Scheduling paper controls:
+Optional terms that steer entropy, the quantity the Entropy Scheduling paper controls:
   * `entropy_coef`: loss -= coef * agg(H) (Skywork-OR1's adaptive entropy bonus);
   * `pos_weight` / `neg_weight`: scale positive and negative advantages apart (EntroPIC, arXiv
-    2511.15248): positive samples sharpen the policy (entropy down), negative ones flatten it (up).
-And an optional KL penalty to a reference policy (`kl_coef`, estimators k1 / k2 / k3).
+    2511.15248): positive samples sharpen the policy (entropy down), negative ones flatten it (up);
+  * `cov_method`: Clip-Cov or KL-Cov (Cui et al. 2025, arXiv 2505.22617), which restrain the few
+    tokens whose covariance of log-prob and advantage drives entropy down (`covariance`).
+And two corrections: a KL penalty to a reference policy (`kl_coef`, estimators k1 / k2 / k3), and
+truncated importance sampling for the mismatch between the sampler and the trainer
+(`truncated_is_weights`, Yao et al. 2025):
 
-Left out: a value function (GRPO's group baseline replaces PPO's critic), sequence-level ratios
-(GSPO) and Clip-Cov / KL-Cov token selection: each is a few lines on top of `policy_loss`, and
-none is part of the Entropy Scheduling paper.
+    w_t = min(pi_old(o_t) / pi_sampler(o_t), C),   L_t <- w_t L_t   (w detached)
+
+Left out: a value function (GRPO's group baseline replaces PPO's critic) and sequence-level
+ratios (GSPO).
 
 Copyable alone: imports torch only.
 """
@@ -107,6 +112,12 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
     raise ValueError(f"KL estimator must be k1, k2 or k3, got {kind!r}")
 
 
+COV_METHODS = ("none", "clip-cov", "kl-cov")
+COV_DEFAULTS = {"clip-cov": 2e-4, "kl-cov": 2e-4}  # the ratio of tokens restrained (verl's defaults)
+CLIP_COV_BAND = (1.0, 5.0)  # Clip-Cov picks among tokens with lb < cov < ub
+KL_COV_COEF = 1.0  # KL-Cov's coefficient of |log r|
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
                 dual_clip: float | None = None, loss_agg: str = "token-mean",
@@ -115,14 +126,20 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                 entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
                 pos_weight: float = 1.0, neg_weight: float = 1.0,
                 ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0,
-                kl_estimator: str = "k3") -> tuple[torch.Tensor, dict[str, float]]:
+                kl_estimator: str = "k3", is_weights: torch.Tensor | None = None,
+                cov_method: str = "none",
+                cov_ratio: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped policy-gradient loss and its statistics.
 
-    logprobs, old_logprobs, mask, entropy, ref_logprobs: (B, T); advantages: (B,) or (B, T).
-    With clip_low = clip_high = 0.2 this is GRPO's / PPO's clip; DAPO's clip-higher is 0.2 / 0.28.
+    logprobs, old_logprobs, mask, entropy, ref_logprobs, is_weights: (B, T); advantages: (B,) or
+    (B, T). With clip_low = clip_high = 0.2 this is GRPO's / PPO's clip; DAPO's clip-higher is
+    0.2 / 0.28. `is_weights` (detached, e.g. `truncated_is_weights`) multiply each token's loss.
+    `cov_method` "clip-cov" / "kl-cov" restrain a `cov_ratio` share of the tokens by covariance
+    (Cui et al.; see `covariance`; KL-Cov replaces the clip by its penalty, as verl does).
     Returns (loss, stats); stats are masked token means over this batch: clipfrac (any clip),
     clipfrac_high / clipfrac_low (ratio above 1 + eps_high with A > 0 / below 1 - eps_low with
-    A < 0), approx_kl = mean(old_logp - logp), and entropy / kl when given.
+    A < 0), approx_kl = mean(old_logp - logp), cov_frac (tokens Clip-Cov / KL-Cov restrained),
+    and entropy / kl when given.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (B, 1): one advantage for every token of a sequence
@@ -137,6 +154,20 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     if dual_clip is not None:  # bound the loss of a negative sample whose ratio has exploded
         token_loss = torch.where(advantages < 0, torch.minimum(token_loss, -advantages * dual_clip),
                                  token_loss)
+    restrained = torch.zeros_like(mask, dtype=torch.bool)  # (B, T): tokens Clip-Cov / KL-Cov picked
+    if cov_method != "none":
+        if cov_method not in COV_METHODS:
+            raise ValueError(f"cov_method must be one of {COV_METHODS}, got {cov_method!r}")
+        ratio_of_tokens = COV_DEFAULTS[cov_method] if cov_ratio is None else cov_ratio
+        cov = covariance(advantages.expand_as(logprobs), logprobs, mask)  # (B, T), detached
+        if cov_method == "clip-cov":  # no gradient through a random few tokens of the band
+            restrained = clip_cov_tokens(cov, mask.bool(), clipped > unclipped, ratio_of_tokens)
+            token_loss = torch.where(restrained, 0.0, token_loss)
+        else:  # KL-Cov: unclipped surrogate, |log r| penalised on the highest-covariance tokens
+            restrained = kl_cov_tokens(cov, mask.bool(), ratio_of_tokens)
+            token_loss = torch.where(restrained, unclipped + KL_COV_COEF * log_ratio.abs(), unclipped)
+    if is_weights is not None:  # truncated importance sampling: correct for the sampler's mismatch
+        token_loss = token_loss * is_weights
 
     def agg(values):
         return aggregate(values, mask, loss_agg, num_tokens, num_seqs, max_len)
@@ -160,8 +191,73 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
             "clipfrac_low": mean((ratio < 1 - clip_low) & (advantages < 0)),
             "approx_kl": mean(-log_ratio),
         }
+        if cov_method != "none":
+            stats["cov_frac"] = mean(restrained)
         if entropy is not None:
             stats["entropy"] = mean(entropy)
         if ref_logprobs is not None:
             stats["kl"] = mean(kl_estimate(logprobs, ref_logprobs, kl_estimator))
     return loss, stats
+
+
+# ----------------------------------------------------------------------------- entropy management
+def covariance(advantages: torch.Tensor, logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token cov_t = (A_t - mean A)(log pi_t - mean log pi), means over the masked tokens
+    (Cui et al. 2025: entropy changes by about -eta Cov(log pi, A) per step, so the tokens of large
+    covariance are the ones driving it down). Detached; (B, T) in, (B, T) out.
+
+    >>> covariance(torch.tensor([[1., -1.]]), torch.tensor([[-0.5, -1.5]]), torch.ones(1, 2))
+    tensor([[0.5000, 0.5000]])
+    """
+    m = mask.to(logprobs.dtype)
+    count = m.sum().clamp(min=1)
+    a, logp = advantages.detach(), logprobs.detach()
+    return (a - (a * m).sum() / count) * (logp - (logp * m).sum() / count)
+
+
+def clip_cov_tokens(cov: torch.Tensor, valid: torch.Tensor, clipped: torch.Tensor, ratio: float,
+                    band: tuple[float, float] = CLIP_COV_BAND) -> torch.Tensor:
+    """Clip-Cov's choice, (B, T) bool: max(1, int(ratio x valid tokens)) tokens drawn at random
+    (torch's generator) among the valid ones that PPO's clip left alone and whose covariance lies
+    inside `band`; fewer when fewer qualify.
+
+    >>> cov = torch.tensor([[0.5, 2.0, 9.0, 3.0]])
+    >>> clip_cov_tokens(cov, torch.ones(1, 4, dtype=torch.bool), torch.tensor([[0, 0, 0, 1]]).bool(), 0.25)
+    tensor([[False,  True, False, False]])
+    """
+    in_band = valid & ~clipped & (cov > band[0]) & (cov < band[1])
+    candidates = in_band.flatten().nonzero().squeeze(1)
+    count = min(max(1, int(ratio * int(valid.sum()))), candidates.numel())
+    chosen = candidates[torch.randperm(candidates.numel(), device=cov.device)[:count]]
+    picked = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    picked[chosen] = True
+    return picked.view_as(cov)
+
+
+def kl_cov_tokens(cov: torch.Tensor, valid: torch.Tensor, ratio: float) -> torch.Tensor:
+    """KL-Cov's choice, (B, T) bool: the max(1, int(ratio x valid tokens)) valid tokens of largest
+    covariance.
+
+    >>> kl_cov_tokens(torch.tensor([[3., 1., 2.]]), torch.tensor([[True, True, True]]), 0.5)
+    tensor([[ True, False, False]])
+    """
+    count = max(1, int(ratio * int(valid.sum())))
+    scores = torch.where(valid, cov, -torch.inf).flatten()
+    picked = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
+    picked[scores.topk(min(count, int(valid.sum()))).indices] = True
+    return picked.view_as(cov)
+
+
+# ----------------------------------------------------------------------------- the sampler's mismatch
+def truncated_is_weights(old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """Token-level truncated importance sampling (TIS; verl, OpenRLHF, TRL's token_truncate):
+    w_t = min(pi_old(o_t) / pi_sampler(o_t), cap), detached. The sampler (vLLM, bf16 kernels, top-p)
+    is not exactly the policy the loss scores; w reweights each token toward the trainer's policy.
+
+    >>> old, sampler = torch.tensor([[0.5, 0.2]]).log(), torch.tensor([[0.25, 0.4]]).log()
+    >>> truncated_is_weights(old, sampler, cap=1.5)  # 0.5 / 0.25 = 2 -> 1.5; 0.2 / 0.4 = 0.5
+    tensor([[1.5000, 0.5000]])
+    """
+    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap).detach()
+

@@ -30,6 +30,7 @@ import random
 TASK_LEVELS = (1, 2, 3, 4, 5, 6)  # number of "+" signs: 2 to 7 terms
 MAX_NEW_TOKENS = 4  # an answer of at most 2 digits, then <eos>: a budget of 4 never cuts one off
 TASK_CHARS = "0123456789+-*=() "
+TAG = "es_testbed"  # a key of the model's config.json: train.py gives such a model the tuned values
 
 
 def arithmetic_problems(n: int, seed: int, levels: tuple[int, ...] = TASK_LEVELS) -> list[dict]:
@@ -78,6 +79,18 @@ def tiny_model_config(vocab_size: int, hidden_size: int = 128, layers: int = 3, 
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                        max_position_embeddings=max_positions, tie_word_embeddings=True,
                        pad_token_id=0, eos_token_id=1, bos_token_id=1)
+
+
+def is_testbed_model(name_or_path: str) -> bool:
+    """True for "embedded" and for a local directory holding this bench's model: its base model or
+    a checkpoint of a run on it (their config.json carries TAG)."""
+    if name_or_path == "embedded":
+        return True
+    config = os.path.join(name_or_path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as f:
+        return TAG in json.load(f)
 
 
 # ----------------------------------------------------------------------------- the warm start
@@ -163,6 +176,7 @@ def _warm_start(path: str, seed: int, warm_start_steps: int) -> None:
         loss.backward()
         optimizer.step()
     rollouts = generate_rollouts(model, tokenizer, [p["prompt"] for p in probe], 4, MAX_NEW_TOKENS)
+    model.config.update({TAG: "digit-sum"})  # kept by every checkpoint saved from this model
     rewards = [math_reward(text, probe[i // 4]["answer"]) for i, text in enumerate(rollouts.completions)]
     tmp = path + ".tmp"
     model.save_pretrained(tmp)

@@ -52,9 +52,11 @@ from distributed import (all_gather_list, all_reduce_sum, autocast, generation_m
                          shard_model, teardown_distributed)
 from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError, loss_arguments,
                               make_controller, schedule_for_goal)
-from eval_passk import evaluate_on_ranks
-from loss import LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss
+from eval_passk import describe, evaluate_on_ranks
+from loss import (COV_METHODS, LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss,
+                  truncated_is_weights)
 from reward import make_verifier, math_reward, overlong_penalty
+from testbed import is_testbed_model
 from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, length_sorted,
                      load_policy, policy_logprobs_and_entropy, sampler_mismatch,
                      sequence_logprobs_and_entropy, stop_token_ids)
@@ -82,6 +84,10 @@ class Config:
     """samples per held-out prompt"""
     eval_k: str = "1,4,16"
     """k values of pass@k, comma-separated, each <= eval_n"""
+    eval_samples: int = 4
+    """held-out completions per evaluation written to samples.jsonl (with reward and answer)"""
+    report_to: str = "none"
+    """none | tensorboard | wandb: also stream metrics.jsonl's numbers there (optional packages)"""
     config: str | None = None
     """a JSON or YAML file of these fields (command-line flags override it)"""
 
@@ -143,22 +149,38 @@ class Config:
     """DAPO overlong shaping: penalise the last N tokens of the budget; 0: off"""
     kl_coef: float = 0.0
     """KL penalty to the initial policy (k3); 0: no reference model (DAPO, Dr. GRPO)"""
+    tis_cap: float | None = None
+    """truncated importance sampling: weight each token's loss by min(pi_old / pi_sampler, C);
+    None: off"""
+    cov_method: str = "none"
+    """none | clip-cov | kl-cov: restrain the tokens of largest log-prob/advantage covariance
+    (Cui et al.; another way to manage entropy, not scheduled)"""
+    cov_ratio: float | None = None
+    """share of tokens Clip-Cov / KL-Cov restrain; None: 2e-4 (verl's default)"""
 
-    # --- optimisation
-    lr: float = 2e-4
-    """AdamW learning rate"""
+    # --- optimisation (None: the built-in model's tuned value, also when it is loaded from its
+    #     directory or a checkpoint, or what RL recipes use for pretrained models)
+    lr: float | None = None
+    """AdamW learning rate; None: 2e-4 on the built-in model, 1e-6 otherwise (DAPO, verl, TRL)"""
+    lr_warmup_steps: int | None = None
+    """linear learning-rate warm-up over the first N RL steps; None: 0 on the built-in model, 10
+    otherwise"""
+    lr_schedule: str = "constant"
+    """constant | cosine (after the warm-up, down to 10% of --lr at the last step)"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
     grad_clip: float = 1.0
     """max global gradient norm"""
-    updates_per_step: int = 4
+    updates_per_step: int | None = None
     """mini-batches per rollout batch, one optimizer step each; > 1 makes the ratio, so the clip,
-    matter"""
+    matter; None: 4 on the built-in model, otherwise the largest of 4, 2, 1 dividing the prompts
+    per rank"""
     ppo_epochs: int = 1
     """passes over the rollout batch (verl's ppo_epochs): optimizer steps per RL step = epochs x
     mini-batches"""
-    micro_batch_size: int = 32
-    """sequences per forward/backward pass (gradient accumulation within a mini-batch)"""
+    micro_batch_size: int | None = None
+    """sequences per forward/backward pass (gradient accumulation within a mini-batch); None: 32
+    on the built-in model, 4 otherwise"""
     logprob_chunk_size: int = 256
     """tokens per chunk of the fused log-prob/entropy head"""
     gradient_checkpointing: bool = False
@@ -177,8 +199,8 @@ class Config:
     """linear | cosine"""
     cycle_period: int = 50
     """cyclic: period in steps"""
-    warmup_steps: int = 0
-    """ramp the target from the measured entropy to entropy_start over N steps"""
+    entropy_warmup_steps: int = 0
+    """ramp the entropy target from the measured entropy to entropy_start over N steps"""
     passk_goal: int = 0
     """> 0: a stable-anneal schedule chosen for this pass@k (schedule_for_goal; overrides
     --schedule)"""
@@ -204,20 +226,27 @@ class Config:
     warm_start_steps: int = 600
     """supervised warm-start steps (batches of 64) of the built-in model (testbed.py)"""
 
-    def resolved(self) -> "Config":
-        """A copy with the --loss presets and the data set's token budget filled in."""
+    def resolved(self, world_size: int = 1) -> "Config":
+        """A copy with every None filled in: the --loss presets, the data set's token budget, and
+        the optimisation values of the built-in model or of a pretrained one."""
         presets = {"grpo": ("seq-mean-token-mean", 0.2, False, "std"),
                    "dapo": ("token-mean", 0.28, True, "std"),
                    "dr_grpo": ("seq-mean-token-sum-norm", 0.2, False, "none")}
         if self.loss not in presets:
             raise ConfigError(f"--loss must be one of {', '.join(presets)}, got {self.loss!r}")
         agg, clip_high, dynamic, scale = presets[self.loss]
+        builtin = is_testbed_model(self.model)
+        per_rank = max(self.prompts_per_step // world_size, 1)
+        pick = lambda value, default: default if value is None else value  # noqa: E731
         return dataclasses.replace(
-            self, loss_agg=self.loss_agg or agg,
+            self, loss_agg=pick(self.loss_agg, agg), clip_high=pick(self.clip_high, clip_high),
+            dynamic_sampling=pick(self.dynamic_sampling, dynamic), adv_scale=pick(self.adv_scale, scale),
             max_new_tokens=self.max_new_tokens or default_max_new_tokens(self.dataset),
-            clip_high=self.clip_high if self.clip_high is not None else clip_high,
-            dynamic_sampling=self.dynamic_sampling if self.dynamic_sampling is not None else dynamic,
-            adv_scale=self.adv_scale or scale)
+            lr=pick(self.lr, 2e-4 if builtin else 1e-6),
+            lr_warmup_steps=pick(self.lr_warmup_steps, 0 if builtin else 10),
+            updates_per_step=pick(self.updates_per_step,
+                                  4 if builtin else next(u for u in (4, 2, 1) if per_rank % u == 0)),
+            micro_batch_size=pick(self.micro_batch_size, 32 if builtin else 4))
 
 
 # ============================================================================ the RL step
@@ -245,6 +274,7 @@ class Run:
     no_signal_steps: int = 0  # consecutive steps in which no group had any reward variance
     nonfinite_skipped: int = 0  # updates skipped for a non-finite gradient norm
     verifier: str = ""  # which verifier scores, for messages
+    reporter: "Reporter | None" = None  # TensorBoard / W&B, with --report_to
 
 
 def rl_step(run: Run, step: int) -> dict:
@@ -269,11 +299,16 @@ def rl_step(run: Run, step: int) -> dict:
         ref_logprobs = None if run.ref_model is None else policy_logprobs_and_entropy(
             run.ref_model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)[0]
     mask = rollouts.loss_mask  # (B, T)
+    # the sampler's mismatch, and (with --tis_cap) the importance weights that correct for it
+    is_weights = None if cfg.tis_cap is None else \
+        truncated_is_weights(old_logprobs, rollouts.sampler_logprobs, cfg.tis_cap)  # (B, T)
     sums = all_reduce_sum({"entropy": (entropy * mask).sum(), "tokens": mask.sum(),
                            "reward": sampling.pop("reward_sum"), "sequences": rewards.numel(),
                            "correct": sampling.pop("correct_sum"), "batch_reward": rewards.sum(),
                            "mismatch": sampler_mismatch(rollouts, old_logprobs).sum(),
-                           "zero_std_frac": sampling.pop("groups/zero_std_frac")}, run.device)
+                           "zero_std_frac": sampling.pop("groups/zero_std_frac"),
+                           **({} if is_weights is None else {"is_weight": (is_weights * mask).sum(),
+                              "is_capped": ((is_weights == cfg.tis_cap) * mask).sum()})}, run.device)
     measured = sums["entropy"] / sums["tokens"]
     # 6. control: the schedule's target H*(s), and the knob that moves entropy toward it
     if run.schedule.initial_entropy is None:  # H0: relative targets are set by the first step
@@ -281,11 +316,14 @@ def rl_step(run: Run, step: int) -> dict:
     target = run.schedule.target(step)
     knob = run.controller.update(measured, target)
     track_err = run.tracker.add(measured, target, phase)
-    # 7. update: mini-batch PPO-clip steps, the knob in the loss
+    # 7. update: mini-batch PPO-clip steps at this step's learning rate, the knob in the loss
     started_update = time.time()
+    lr = learning_rate(cfg, step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
     update = policy_update(model, run.optimizer, rollouts, old_logprobs, advantages, cfg,
                            loss_arguments(run.controller.name, knob), run.device, run.world_size,
-                           ref_logprobs)
+                           ref_logprobs, is_weights)
     update_s = time.time() - started_update
     run.nonfinite_skipped += update.pop("nonfinite_skipped")
     pass_rates = (rewards > 0.5).float().view(-1, G).mean(dim=1).tolist()  # one per group
@@ -301,7 +339,9 @@ def rl_step(run: Run, step: int) -> dict:
             **{f"entropy/track_err_{p}": v for p, v in run.tracker.summary().items()},
             **update, "response_length/mean": sums["tokens"] / sums["sequences"],
             "tokens": sums["tokens"], "rollout/logp_mismatch": sums["mismatch"] / sums["tokens"],
-            "groups/zero_std_frac": zero_std_frac, **sampling, "curriculum/phase": phase,
+            **({} if is_weights is None else {"rollout/is_weight": sums["is_weight"] / sums["tokens"],
+                                              "rollout/is_capped": sums["is_capped"] / sums["tokens"]}),
+            "lr": lr, "groups/zero_std_frac": zero_std_frac, **sampling, "curriculum/phase": phase,
             **run.curriculum.stats(), "nonfinite_skipped": run.nonfinite_skipped,
             "time/rollout_s": rollout_s, "time/update_s": update_s,
             "time/step_s": time.time() - started}
@@ -354,7 +394,7 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
 
 def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages, cfg: Config,
                   knobs: dict, device: torch.device, world_size: int,
-                  ref_logprobs: torch.Tensor | None = None) -> dict:
+                  ref_logprobs: torch.Tensor | None = None, is_weights: torch.Tensor | None = None) -> dict:
     """Step 7: `ppo_epochs` passes of `updates_per_step` optimizer steps over mini-batches of this
     rank's groups (the same old log-probs throughout: later updates are off-policy, so the clip acts).
 
@@ -372,7 +412,8 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     num_updates = cfg.ppo_epochs * len(starts)
     loss_args = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
                  "loss_agg": cfg.loss_agg, "num_seqs": per_update * world_size,
-                 "max_len": cfg.max_new_tokens, "kl_coef": cfg.kl_coef, **knobs}
+                 "max_len": cfg.max_new_tokens, "kl_coef": cfg.kl_coef, "cov_method": cfg.cov_method,
+                 "cov_ratio": cfg.cov_ratio, **knobs}
     input_ids, attention_mask, mask = rollouts.input_ids, rollouts.attention_mask, rollouts.loss_mask
     T = rollouts.completion_ids.shape[1]
     totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
@@ -389,7 +430,7 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
             loss, stats = policy_loss(
                 logprobs, old_logprobs[rows], advantages[rows], mask[rows], num_tokens=tokens,
                 entropy=entropy, ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],
-                **loss_args)
+                is_weights=None if is_weights is None else is_weights[rows], **loss_args)
             (loss * world_size).backward()
             totals["loss/policy"] += loss.item()
             weight = float(mask[rows].sum()) / max(tokens, 1.0)
@@ -413,6 +454,22 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
             **{key: value / num_updates for key, value in summed.items()}}
 
 
+def learning_rate(cfg: Config, step: int) -> float:
+    """--lr at RL step `step`: a linear warm-up over --lr_warmup_steps, then constant, or a cosine
+    down to 10% of --lr at the last step.
+
+    >>> cfg = Config(lr=1.0, lr_warmup_steps=2, lr_schedule="cosine", steps=12)
+    >>> [round(learning_rate(cfg, s), 3) for s in (0, 1, 2, 11)]
+    [0.5, 1.0, 1.0, 0.1]
+    """
+    if step < cfg.lr_warmup_steps:
+        return cfg.lr * (step + 1) / cfg.lr_warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.lr_warmup_steps) / max(cfg.steps - 1 - cfg.lr_warmup_steps, 1)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def evaluate(run: Run, step: int) -> dict:
     """Held-out pass@k and entropy, the prompts split across ranks."""
     cfg = run.cfg
@@ -427,11 +484,15 @@ def evaluate(run: Run, step: int) -> dict:
                                    cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                    prompts_per_batch=per_batch, chunk_size=cfg.logprob_chunk_size,
                                    micro_batch_size=cfg.micro_batch_size, progress=run.rank == 0,
-                                   stop_ids=run.stop_ids)
+                                   stop_ids=run.stop_ids, keep_samples=cfg.eval_samples)
     out = {f"eval/pass@{k}": result[f"pass@{k}"] for k in ks}
     out["eval/entropy"] = result["entropy"]
     if run.rank == 0:
         tqdm.write(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
+        with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:  # what the model wrote
+            f.writelines(json.dumps({"step": step, **sample}) + "\n" for sample in result["samples"])
+        for sample in result["samples"][:2]:
+            tqdm.write(f"  sample: {describe(sample)}")
     out["eval/correct"] = result["correct"]  # per held-out prompt: for bootstrap intervals
     return out
 
@@ -453,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            run.reporter.log(record)
             bar.set_postfix(reward=f"{record['reward/mean']:.2f}", H=f"{record['entropy']:.3f}",
                             target="-" if record["entropy/target"] is None else f"{record['entropy/target']:.3f}",
                             knob=f"{record['entropy/knob']:.3f}")
@@ -461,6 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     bar.close()
     if rank == 0:
         finish(run, metrics_path)
+        run.reporter.close()
     teardown_distributed()  # under torchrun: barrier, destroy, exit (see distributed.py)
 
 
@@ -478,7 +541,7 @@ def configure(argv: list[str], rank: int, world_size: int) -> tuple[Config, Call
 
     hf_logging.disable_progress_bar()  # our own bars only
     try:
-        cfg = parse_config(argv).resolved()
+        cfg = parse_config(argv).resolved(world_size)
         validate(cfg, world_size)
         reward_fn, verifier = make_verifier(cfg.verifier)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
@@ -540,7 +603,7 @@ def _convert(text: str, kind: str):
             return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
         return int(text) if "int" in kind else float(text) if "float" in kind else text
     except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {kind.split(' |')[0]}, got {text!r}") from None
 
 
 def validate(cfg: Config, world_size: int) -> None:
@@ -562,6 +625,9 @@ def validate(cfg: Config, world_size: int) -> None:
     one_of("anneal_shape", ("linear", "cosine"))
     one_of("chat_template", ("auto", "none"))
     one_of("verifier", ("builtin", "math-verify", "auto"))
+    one_of("lr_schedule", ("constant", "cosine"))
+    one_of("cov_method", COV_METHODS)
+    one_of("report_to", ("none", "tensorboard", "wandb"))
     need(cfg.group_size >= 2,
          f"--group_size must be >= 2 (group-relative advantages need a group), got {cfg.group_size}")
     need(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
@@ -569,13 +635,22 @@ def validate(cfg: Config, world_size: int) -> None:
          f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of the number of ranks "
          f"({world_size})")
     local = cfg.prompts_per_step // world_size
+    divisors = [u for u in range(1, local + 1) if local % u == 0]
     need(cfg.updates_per_step >= 1 and local % cfg.updates_per_step == 0,
-         f"--updates_per_step {cfg.updates_per_step} must divide the prompts per rank ({local})")
+         f"--updates_per_step {cfg.updates_per_step} must divide the prompts per rank ({local} = "
+         f"--prompts_per_step {cfg.prompts_per_step} / {world_size} rank(s)); fix: --updates_per_step "
+         f"{' or '.join(map(str, divisors[-3:]))}, or --prompts_per_step a multiple of "
+         f"{cfg.updates_per_step * world_size}")
     need(cfg.micro_batch_size >= 1, f"--micro_batch_size must be >= 1, got {cfg.micro_batch_size}")
     need(cfg.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
     need(cfg.temperature > 0, f"--temperature must be > 0, got {cfg.temperature}")
     need(0 < cfg.top_p <= 1, f"--top_p must be in (0, 1], got {cfg.top_p}")
     need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(cfg.lr_warmup_steps >= 0, f"--lr_warmup_steps must be >= 0, got {cfg.lr_warmup_steps}")
+    need(cfg.tis_cap is None or cfg.tis_cap >= 1,
+         f"--tis_cap must be >= 1 (a cap below 1 down-weights every token), got {cfg.tis_cap}")
+    need(cfg.cov_ratio is None or 0 < cfg.cov_ratio <= 1, f"--cov_ratio must be in (0, 1], got {cfg.cov_ratio}")
+    need(cfg.eval_samples >= 0, f"--eval_samples must be >= 0, got {cfg.eval_samples}")
     need(0 <= cfg.clip_low < 1 and cfg.clip_high >= 0, "--clip_low must be in [0, 1) and --clip_high >= 0")
     for name in ("entropy_start", "entropy_end"):
         value = getattr(cfg, name)
@@ -651,7 +726,13 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
                                             seed=cfg.seed),
               tracker=TrackingError(), sampling_rng=sampling_rng, stop_ids=stop_ids, device=device,
               rank=rank, world_size=world_size, ref_model=ref_model, verifier=verifier)
-    start_step = load_checkpoint(run, resume_from) if resume_from else 0
+    try:
+        start_step = load_checkpoint(run, resume_from) if resume_from else 0
+        run.reporter = Reporter(cfg, rank)
+    except (CheckpointError, ConfigError) as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     if rank == 0:
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
@@ -688,7 +769,7 @@ def make_schedule(cfg: Config) -> EntropySchedule:
     return EntropySchedule(cfg.schedule, start=cfg.entropy_start, end=cfg.entropy_end,
                            total_steps=cfg.steps, stable_frac=cfg.stable_frac,
                            anneal_shape=cfg.anneal_shape, period=cfg.cycle_period,
-                           warmup_steps=cfg.warmup_steps)
+                           warmup_steps=cfg.entropy_warmup_steps)
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -705,14 +786,16 @@ NO_SIGNAL_MESSAGE = (
     "no gradient at all. Usually the reward never fires: check that --answer_field holds the reference "
     "answers, that the model writes its answer in a form the verifier reads (\\boxed{{...}}, '#### 42', "
     "'Answer: 42'; see --system_prompt and --chat_template), that --max_new_tokens does not cut answers "
-    "off, and that the task is neither far too hard nor too easy for this model. Verifier: {verifier}")
+    "off, and that the task is neither far too hard nor too easy for this model. What the model wrote "
+    "and what the verifier read in it: {samples}. Verifier: {verifier}")
 
 
 def warn_when_no_signal(run: Run, zero_std_frac: float) -> None:
     """Warn once when NO_SIGNAL_WARN_STEPS steps in a row had no group with reward variance."""
     run.no_signal_steps = run.no_signal_steps + 1 if zero_std_frac == 1.0 else 0
     if run.no_signal_steps == NO_SIGNAL_WARN_STEPS and run.rank == 0:
-        warnings.warn(NO_SIGNAL_MESSAGE.format(steps=run.no_signal_steps, verifier=run.verifier))
+        warnings.warn(NO_SIGNAL_MESSAGE.format(steps=run.no_signal_steps, verifier=run.verifier,
+                                               samples=os.path.join(run.cfg.out_dir, "samples.jsonl")))
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -778,11 +861,11 @@ def load_checkpoint(run: Run, checkpoint: str) -> int:
     was loaded from the checkpoint already); returns the step to continue from."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    state = torch.load(os.path.join(checkpoint, "trainer_state.pt"), weights_only=False)
+    state = safe_load(os.path.join(checkpoint, "trainer_state.pt"))
     distributed = dist.is_initialized()
     optim_state = {}  # read from disk by rank 0 only and broadcast: one copy in host memory
     if not distributed or dist.get_rank() == 0:
-        optim_state = torch.load(os.path.join(checkpoint, "optimizer.pt"), mmap=True, weights_only=False)
+        optim_state = safe_load(os.path.join(checkpoint, "optimizer.pt"), mmap=True)
     set_optimizer_state_dict(run.model, run.optimizer, optim_state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed))
     run.schedule.load_state_dict(state["schedule"])
@@ -803,17 +886,41 @@ def load_checkpoint(run: Run, checkpoint: str) -> int:
     return step
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely; the message names the file and the fix."""
+
+
+def safe_load(path: str, **kwargs):
+    """torch.load with weights_only=True: tensors, numbers, strings and containers only. A pickle
+    that names anything else (a class, a function: the way a crafted file runs code on load) is
+    refused before any of it runs."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values, "
+                              f"and loading it could run code ({reason[:120]}); resume only from "
+                              "checkpoints this code wrote, or delete it") from None
+
+
 def rng_state(sampling_rng: random.Random) -> dict:
     """Every random stream this rank draws from: torch's (sampling in `generate`), CUDA's, the
-    dynamic-sampling refills' own generator, and Python's and NumPy's for completeness."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    dynamic-sampling refills' own generator, and Python's and NumPy's for completeness. Plain
+    values and tensors only, so that `safe_load` reads it back."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)),
+                                                   position, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "sampling": sampling_rng.getstate()}
 
 
 def restore_rng(state: dict, sampling_rng: random.Random) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -831,16 +938,18 @@ def seed_everything(seed: int, rank: int) -> random.Random:
 
 # ---------------------------------------------------------------------------- the report
 def open_metrics(run: Run, start_step: int) -> str:
-    """metrics.jsonl, emptied, or on resume cut back to the steps before the checkpoint (those
-    after it are redone now)."""
+    """metrics.jsonl (and samples.jsonl), emptied, or on resume cut back to the steps the
+    checkpoint holds (those after it are redone now). Returns metrics.jsonl's path."""
     path = os.path.join(run.cfg.out_dir, "metrics.jsonl")
-    if run.rank == 0:
-        keep = []
-        if start_step > 0 and os.path.exists(path):
-            with open(path) as f:
-                keep = [line for line in f if line.strip() and json.loads(line)["step"] < start_step]
-        with open(path, "w") as f:
-            f.writelines(keep)
+    samples = os.path.join(run.cfg.out_dir, "samples.jsonl")
+    for file, last in ((path, start_step - 1), (samples, start_step)):  # the eval of step N is N's
+        if run.rank == 0:
+            keep = []
+            if start_step > 0 and os.path.exists(file):
+                with open(file) as f:
+                    keep = [line for line in f if line.strip() and json.loads(line)["step"] <= last]
+            with open(file, "w") as f:
+                f.writelines(keep)
     return path
 
 
@@ -856,6 +965,57 @@ def finish(run: Run, metrics_path: str) -> None:
                     "entropy (*) and its target (-), nats"))
     print(text_plot({"*": [r["reward/mean"] for r in rows]}, "mean reward (*)"))
     plot_metrics(rows, os.path.join(run.cfg.out_dir, "metrics.png"))
+
+
+class Reporter:
+    """The numbers of each line of metrics.jsonl, streamed to TensorBoard (out_dir/tensorboard) or
+    Weights & Biases (--report_to), entropy and its target drawn on one chart. Rank 0 only; the
+    packages are imported only when asked for."""
+
+    def __init__(self, cfg: Config, rank: int):
+        self.kind = cfg.report_to if rank == 0 else "none"
+        self.rows: list[dict] = []
+        if self.kind == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--report_to tensorboard needs the tensorboard package; fix: pip "
+                                  "install tensorboard (or --report_to none)") from None
+            self.writer = SummaryWriter(os.path.join(cfg.out_dir, "tensorboard"))
+            self.writer.add_custom_scalars({"entropy scheduling": {
+                "entropy and its target": ["Multiline", ["entropy", "entropy/target"]]}})
+        elif self.kind == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("--report_to wandb needs the wandb package; fix: pip install wandb "
+                                  "(WANDB_MODE=offline to keep runs local), or --report_to none") from None
+            self.wandb = wandb
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "entropy-scheduling"),
+                                  name=os.path.basename(os.path.normpath(cfg.out_dir)), dir=cfg.out_dir,
+                                  config=dataclasses.asdict(cfg))
+
+    def log(self, record: dict) -> None:
+        numbers = {key: value for key, value in record.items() if key != "step"
+                   and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        self.rows.append(record)
+        if self.kind == "tensorboard":
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, record["step"])
+            self.writer.flush()
+        elif self.kind == "wandb":
+            self.run.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        if self.kind == "tensorboard":
+            self.writer.close()
+        elif self.kind == "wandb":
+            steps = [r["step"] for r in self.rows]
+            target = [math.nan if r["entropy/target"] is None else r["entropy/target"] for r in self.rows]
+            self.run.log({"entropy and its target": self.wandb.plot.line_series(
+                xs=steps, ys=[[r["entropy"] for r in self.rows], target], keys=["entropy", "target"],
+                title="entropy and its target (nats)", xname="step")})
+            self.run.finish()
 
 
 def text_plot(series: dict[str, list], title: str, width: int = 60, height: int = 8) -> str:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from loss import aggregate, group_advantages, groups_with_signal, kl_estimate, policy_loss
+from loss import (aggregate, covariance, group_advantages, groups_with_signal, kl_estimate, policy_loss,
+                  truncated_is_weights)
 
 
 def test_grpo_advantages_by_hand():
@@ -125,3 +126,46 @@ def test_kl_estimators_by_hand():
     assert kl_estimate(logp, ref, "k3").item() == pytest.approx(0.5 + d - 1)
     with pytest.raises(ValueError):
         kl_estimate(logp, ref, "k4")
+
+
+def test_truncated_importance_sampling_weights_each_token_loss():
+    """TIS by hand: on-policy ratios (r = 1), A = (1, -1), token-mean over 4 tokens. The sampler
+    gave the tokens probabilities 0.5, 0.1 | 0.4, 0.2 where the trainer has 0.5, 0.3 | 0.2, 0.2:
+    w = 1, 3 -> capped at 2, | 0.5, 1, so L = (-1*1 - 1*2 + 1*0.5 + 1*1) / 4."""
+    old = torch.tensor([[0.5, 0.3], [0.2, 0.2]]).log()
+    sampler = torch.tensor([[0.5, 0.1], [0.4, 0.2]]).log()
+    weights = truncated_is_weights(old, sampler, cap=2.0)
+    assert weights.flatten().tolist() == pytest.approx([1.0, 2.0, 0.5, 1.0])
+    loss, _ = policy_loss(old, old, torch.tensor([1.0, -1.0]), torch.ones(2, 2), is_weights=weights)
+    assert loss.item() == pytest.approx((-1 - 2 + 0.5 + 1) / 4)
+    plain, _ = policy_loss(old, old, torch.tensor([1.0, -1.0]), torch.ones(2, 2))
+    assert plain.item() == pytest.approx(0.0)  # without the weights the centred surrogate is 0
+
+
+def test_covariance_and_kl_cov_by_hand():
+    """Two sequences of 2 tokens, A = (2, -2), log pi = (-1, -3 | -2, -2): mean A = 0, mean
+    log pi = -2, so cov = A (log pi + 2) = (2, -2 | 0, 0). KL-Cov with ratio 0.25 restrains
+    max(1, int(0.25 * 4)) = 1 token, the first (cov 2): its loss is -A r + |log r|, the others the
+    unclipped -A r (no PPO clip in KL-Cov)."""
+    logp = torch.tensor([[-1.0, -3.0], [-2.0, -2.0]], requires_grad=True)
+    old = torch.tensor([[-1.5, -3.0], [-2.0, -1.0]])  # log r = 0.5, 0 | 0, -1
+    adv, mask = torch.tensor([2.0, -2.0]), torch.ones(2, 2)
+    cov = covariance(adv[:, None].expand(2, 2), logp, mask)
+    assert cov.flatten().tolist() == pytest.approx([2.0, -2.0, 0.0, 0.0])
+    loss, stats = policy_loss(logp, old, adv, mask, cov_method="kl-cov", cov_ratio=0.25)
+    r = [math.exp(0.5), 1.0, 1.0, math.exp(-1.0)]
+    expected = (-2 * r[0] + 0.5) + (-2 * r[1]) + (2 * r[2]) + (2 * r[3])  # no clip at 1.28 or 0.8
+    assert loss.item() == pytest.approx(expected / 4)
+    assert stats["cov_frac"] == pytest.approx(0.25)
+
+
+def test_clip_cov_stops_the_gradient_of_one_token_in_the_band():
+    """cov = (2, -2 | 0, 0) as above; the band (1, 5) holds only the first token, and PPO's clip
+    leaves it alone (r = 1): Clip-Cov zeroes its loss and gradient, and nothing else changes."""
+    logp = torch.tensor([[-1.0, -3.0], [-2.0, -2.0]], requires_grad=True)
+    adv, mask = torch.tensor([2.0, -2.0]), torch.ones(2, 2)
+    loss, stats = policy_loss(logp, logp.detach(), adv, mask, cov_method="clip-cov", cov_ratio=0.25)
+    loss.backward()
+    assert logp.grad[0, 0].item() == 0.0
+    assert logp.grad[0, 1].item() == pytest.approx(-2 / 4) and logp.grad[1, 0].item() == pytest.approx(2 / 4)
+    assert loss.item() == pytest.approx((-2 + 2 + 2) / 4) and stats["cov_frac"] == pytest.approx(0.25)

@@ -74,6 +74,9 @@ def test_train_two_steps_on_local_jsonl(llama_dir, data_file, tmp_path):
     assert 0 < rows[0]["response_length/mean"] <= 12
     config = json.load(open(out / "config.json"))
     assert "boxed" in config["system_prompt"]  # real data: the boxed-answer instruction by default
+    # a pretrained model gets the values RL recipes use, not the built-in model's
+    assert (config["lr"], config["lr_warmup_steps"], config["micro_batch_size"]) == (1e-6, 10, 4)
+    assert config["updates_per_step"] == 4 and [r["lr"] for r in rows] == pytest.approx([1e-7, 2e-7])
     from transformers import AutoModelForCausalLM
 
     assert type(AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_000002")).__name__ == "LlamaForCausalLM"
@@ -97,6 +100,25 @@ def test_eval_passk_cli_one_process_and_torchrun(llama_dir, data_file, tmp_path)
         summary = result["summary"]
         assert 0 <= summary["pass@1"] <= summary["pass@2"] <= summary["pass@4"] <= 1
         assert summary["entropy"] > 0
+        # what the model wrote, for the first problems: the reference, the reward, what was read
+        assert [s["answer"] for s in result["samples"]] == [p["answer"] for p in PROBLEMS[:8]]
+        assert all(set(s) >= {"prompt", "completion", "extracted", "reward"} for s in result["samples"])
+
+
+def test_a_small_real_run_starts_and_an_impossible_one_names_the_fix(llama_dir, data_file, tmp_path):
+    common = [sys.executable, "train.py", "--model", str(llama_dir), "--dataset", str(data_file),
+              "--prompt_field", "question", "--steps", "1", "--group_size", "2", "--max_new_tokens", "4",
+              "--eval_prompts", "2", "--eval_n", "2", "--eval_k", "1,2"]
+    proc = subprocess.run([*common, "--prompts_per_step", "2", "--out_dir", str(tmp_path / "a")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.load(open(tmp_path / "a" / "config.json"))["updates_per_step"] == 2  # 2 prompts: 2 mini-batches
+    proc = subprocess.run([*common, "--prompts_per_step", "2", "--updates_per_step", "4",
+                           "--out_dir", str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: --updates_per_step 4 must divide the prompts per rank (2 = --prompts_per_step 2 / 1 rank(s)); "
+        "fix: --updates_per_step 1 or 2, or --prompts_per_step a multiple of 4"]
 
 
 def test_eval_passk_rejects_k_above_n(llama_dir):

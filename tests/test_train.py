@@ -61,6 +61,11 @@ def test_default_run_writes_metrics_checkpoint_and_config(base_model):
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert AutoTokenizer.from_pretrained(ckpt)("1+2=").input_ids
     assert (base_model / "checkpoints" / "latest").read_text() == "step_000002"
+    samples = [json.loads(line) for line in open(base_model / "samples.jsonl")]  # what the model wrote
+    assert [(s["step"], s["index"]) for s in samples] == [(0, i) for i in range(4)] + [(2, i) for i in range(4)]
+    assert all(s["reward"] == float(s["extracted"] == s["answer"]) for s in samples)  # plain numbers here
+    config = json.load(open(base_model / "config.json"))  # the built-in model keeps its tuned values
+    assert (config["lr"], config["lr_warmup_steps"], config["updates_per_step"]) == (2e-4, 0, 4)
 
 
 @pytest.mark.parametrize("schedule, controller, loss", [("none", "pid", "grpo"),
@@ -226,6 +231,9 @@ def test_help_lists_every_field_with_its_docstring():
     proc = run(["--help"], timeout=60)
     assert "--schedule SCHEDULE" in proc.stdout and "none | constant | linear" in proc.stdout
     assert all(f"--{f.name}" in proc.stdout for f in train.dataclasses.fields(train.Config))
+    help_text = " ".join(proc.stdout.split())
+    assert "(default: None)" not in help_text  # a None default says what fills it instead
+    assert "None: 2e-4 on the built-in model, 1e-6 otherwise" in help_text
 
 
 def test_batch_must_split_across_ranks():
@@ -336,6 +344,8 @@ def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
                 "--max_new_tokens", "4", *TINY])
     assert proc.stderr.count("for 5 steps in a row every group's samples got the same reward") == 1
     assert "--answer_field" in proc.stderr
+    assert str(tmp_path / "r" / "samples.jsonl") in proc.stderr  # where to see what the model wrote
+    assert "sample: " in proc.stdout
 
 
 def test_rl_step_benchmark_runs_on_a_cpu():
@@ -437,3 +447,95 @@ def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
     assert [r[0] for r in rows] == ["4", "8"]
     for r in rows:
         assert float(r[1]) == pytest.approx(math.log(15), abs=1e-3) and float(r[2]) == 0.0 and float(r[3]) == 0.0
+
+
+@pytest.mark.parametrize("flags", [["--tis_cap", "2", "--top_p", "0.8", "--cov_method", "clip-cov"],
+                                   ["--cov_method", "kl-cov", "--cov_ratio", "0.01", "--lr_schedule", "cosine",
+                                    "--lr_warmup_steps", "1"]])
+def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
+    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
+         "--save_every", "0", *TINY, *flags])
+    rows = metrics(tmp_path)
+    assert all(r["loss/cov_frac"] > 0 for r in rows)  # Clip-Cov / KL-Cov restrained some tokens
+    if "--tis_cap" in flags:  # top-p renormalises what it keeps: the sampler's p >= the trainer's
+        assert all(0 < r["rollout/is_weight"] <= 1 and r["rollout/logp_mismatch"] > 0.01 for r in rows)
+    else:  # warm-up over 1 step, then a cosine from 2e-4 down to 10% at the last step
+        assert [r["lr"] for r in rows] == pytest.approx([2e-4, 2e-4, 2e-5])
+
+
+def test_tensorboard_and_wandb_get_the_numbers_of_metrics_jsonl(base_model, tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0", *TINY]
+    run([*args, "--out_dir", str(tmp_path / "tb"), "--report_to", "tensorboard"])
+    rows = metrics(tmp_path / "tb")
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    for key in ("entropy", "entropy/target", "reward/mean", "loss/clipfrac"):
+        assert [e.value for e in events.Scalars(key)] == pytest.approx([r[key] for r in rows], rel=1e-6)
+    run([*args, "--out_dir", str(tmp_path / "wb"), "--report_to", "wandb"],
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    logged = wandb_history(next((tmp_path / "wb" / "wandb").glob("offline-run-*/*.wandb")))
+    assert [h["entropy"] for h in logged if "entropy" in h] == pytest.approx([r["entropy"] for r in rows])
+
+
+def wandb_history(path) -> list[dict]:
+    """The history records of a W&B run file (LevelDB log format: 7-byte header, 32 KiB blocks of
+    chunks, each chunk crc32 (4), length (2), type (1: full, 2: first, 3: middle, 4: last))."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, records, pending, pos = path.read_bytes(), [], b"", 7
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer: padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4) and pending:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                records.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                for i in record.history.item})
+            pending = b""
+    return records
+
+
+def test_a_reporter_package_that_is_missing_fails_at_start(tmp_path):
+    stub = tmp_path / "hide" / "tensorboard"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('hidden by a test')\n")
+    proc = run(["--out_dir", str(tmp_path / "r"), "--report_to", "tensorboard", "--steps", "1", *TINY],
+               check=False, env={"PYTHONPATH": str(tmp_path / "hide")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--report_to tensorboard needs the tensorboard package; fix: pip install tensorboard" in proc.stderr
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(base_model, tmp_path):
+    """trainer_state.pt is read with weights_only=True: a pickle that calls a function on load (here
+    one that would write a file) is refused with one line, and the function never runs."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(base_model / "checkpoints", out / "checkpoints")
+    marker = tmp_path / "pwned"
+    ckpt = out / "checkpoints" / "step_000002"
+    torch.save(Exploit(str(marker)), ckpt / "trainer_state.pt")
+    proc = run(["--model", str(base_model / "base_model"), "--out_dir", str(out), "--steps", "4", "--resume",
+                *TINY], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "trainer_state.pt: refused to load" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+class Exploit:
+    """Unpickling this calls open(path, "w"): what a crafted file would do with os.system."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
