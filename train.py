@@ -48,10 +48,10 @@ from tqdm import tqdm
 
 from curriculum import TwoPhaseCurriculum
 from data import DataError, default_max_new_tokens, load_problems
-from distributed import (all_gather_list, all_reduce_sum, autocast, generation_mode, setup_distributed,
-                         shard_model, teardown_distributed)
-from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError, loss_arguments,
-                              make_controller, schedule_for_goal)
+from distributed import (all_gather_list, all_reduce_sum, autocast, generation_mode,
+                         setup_distributed, shard_model, teardown_distributed)
+from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError,
+                              loss_arguments, make_controller, schedule_for_goal)
 from eval_passk import describe, evaluate_on_ranks
 from loss import (COV_METHODS, LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss,
                   truncated_is_weights)
@@ -240,12 +240,13 @@ class Config:
         pick = lambda value, default: default if value is None else value  # noqa: E731
         return dataclasses.replace(
             self, loss_agg=pick(self.loss_agg, agg), clip_high=pick(self.clip_high, clip_high),
-            dynamic_sampling=pick(self.dynamic_sampling, dynamic), adv_scale=pick(self.adv_scale, scale),
+            dynamic_sampling=pick(self.dynamic_sampling, dynamic),
+            adv_scale=pick(self.adv_scale, scale),
             max_new_tokens=self.max_new_tokens or default_max_new_tokens(self.dataset),
             lr=pick(self.lr, 2e-4 if builtin else 1e-6),
             lr_warmup_steps=pick(self.lr_warmup_steps, 0 if builtin else 10),
-            updates_per_step=pick(self.updates_per_step,
-                                  4 if builtin else next(u for u in (4, 2, 1) if per_rank % u == 0)),
+            updates_per_step=pick(self.updates_per_step, 4 if builtin else
+                                  next(u for u in (4, 2, 1) if per_rank % u == 0)),
             micro_batch_size=pick(self.micro_batch_size, 32 if builtin else 4))
 
 
@@ -287,28 +288,29 @@ def rl_step(run: Run, step: int) -> dict:
     indices = run.curriculum.sample(cfg.prompts_per_step, phase)[run.rank :: run.world_size]
     # 2-3. rollouts and rewards; dynamic sampling replaces groups whose rewards are all equal
     with generation_mode(model):
-        rollouts, rewards, indices, sampling = collect_rollouts(
-            model, run.tokenizer, run.problems, indices, cfg, run.sampling_rng, run.reward_fn, run.stop_ids)
+        rollouts, rewards, indices, sampling = collect_rollouts(model, run.tokenizer, run.problems,
+                                                                indices, cfg, run.sampling_rng,
+                                                                run.reward_fn, run.stop_ids)
     rollout_s = time.time() - started
     # 4. advantages: each completion against its group
     advantages = group_advantages(rewards, G, cfg.adv_scale)  # (B,)
     # 5. old log-probs and the entropy the controller reads, H_s = sum H_t m_t / sum m_t over ranks
+    sizes = (cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)
     with autocast(model):
-        old_logprobs, entropy = policy_logprobs_and_entropy(
-            model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)  # (B, T)
-        ref_logprobs = None if run.ref_model is None else policy_logprobs_and_entropy(
-            run.ref_model, rollouts, cfg.micro_batch_size, cfg.logprob_chunk_size, cfg.temperature)[0]
+        old_logprobs, entropy = policy_logprobs_and_entropy(model, rollouts, *sizes)  # (B, T) each
+        ref_logprobs = None if run.ref_model is None else \
+            policy_logprobs_and_entropy(run.ref_model, rollouts, *sizes)[0]
     mask = rollouts.loss_mask  # (B, T)
     # the sampler's mismatch, and (with --tis_cap) the importance weights that correct for it
     is_weights = None if cfg.tis_cap is None else \
         truncated_is_weights(old_logprobs, rollouts.sampler_logprobs, cfg.tis_cap)  # (B, T)
+    tis = {} if is_weights is None else {"is_weight": (is_weights * mask).sum()}
     sums = all_reduce_sum({"entropy": (entropy * mask).sum(), "tokens": mask.sum(),
                            "reward": sampling.pop("reward_sum"), "sequences": rewards.numel(),
                            "correct": sampling.pop("correct_sum"), "batch_reward": rewards.sum(),
                            "mismatch": sampler_mismatch(rollouts, old_logprobs).sum(),
-                           "zero_std_frac": sampling.pop("groups/zero_std_frac"),
-                           **({} if is_weights is None else {"is_weight": (is_weights * mask).sum(),
-                              "is_capped": ((is_weights == cfg.tis_cap) * mask).sum()})}, run.device)
+                           "zero_std_frac": sampling.pop("groups/zero_std_frac"), **tis},
+                          run.device)
     measured = sums["entropy"] / sums["tokens"]
     # 6. control: the schedule's target H*(s), and the knob that moves entropy toward it
     if run.schedule.initial_entropy is None:  # H0: relative targets are set by the first step
@@ -327,7 +329,9 @@ def rl_step(run: Run, step: int) -> dict:
     update_s = time.time() - started_update
     run.nonfinite_skipped += update.pop("nonfinite_skipped")
     pass_rates = (rewards > 0.5).float().view(-1, G).mean(dim=1).tolist()  # one per group
-    run.curriculum.update(all_gather_list(indices), all_gather_list(pass_rates))  # same on all ranks
+    run.curriculum.update(all_gather_list(indices), all_gather_list(pass_rates))  # on every rank
+    if is_weights is not None:
+        tis = {"rollout/is_weight": sums["is_weight"] / sums["tokens"]}
     # 8. log
     zero_std_frac = sums["zero_std_frac"] / run.world_size  # every rank has as many groups
     warn_when_no_signal(run, zero_std_frac)
@@ -339,17 +343,16 @@ def rl_step(run: Run, step: int) -> dict:
             **{f"entropy/track_err_{p}": v for p, v in run.tracker.summary().items()},
             **update, "response_length/mean": sums["tokens"] / sums["sequences"],
             "tokens": sums["tokens"], "rollout/logp_mismatch": sums["mismatch"] / sums["tokens"],
-            **({} if is_weights is None else {"rollout/is_weight": sums["is_weight"] / sums["tokens"],
-                                              "rollout/is_capped": sums["is_capped"] / sums["tokens"]}),
-            "lr": lr, "groups/zero_std_frac": zero_std_frac, **sampling, "curriculum/phase": phase,
-            **run.curriculum.stats(), "nonfinite_skipped": run.nonfinite_skipped,
+            **tis, "lr": lr, "groups/zero_std_frac": zero_std_frac, **sampling,
+            "curriculum/phase": phase, **run.curriculum.stats(),
+            "nonfinite_skipped": run.nonfinite_skipped,
             "time/rollout_s": rollout_s, "time/update_s": update_s,
             "time/step_s": time.time() - started}
 
 
 def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: random.Random,
-                     reward_fn=math_reward,
-                     stop_ids: list[int] | None = None) -> tuple[Rollouts, torch.Tensor, list[int], dict]:
+                     reward_fn=math_reward, stop_ids: list[int] | None = None,
+                     ) -> tuple[Rollouts, torch.Tensor, list[int], dict]:
     """Steps 2-3: generate, score, and (DAPO) keep only groups whose rewards differ.
 
     Dynamic sampling replaces zero-signal groups with prompts drawn from all of `problems` for up
@@ -369,22 +372,26 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
         if round_ > 0:  # one all-reduce a round: go on while any rank is short of groups
             if all_reduce_sum({"short": float(len(kept) < wanted)}, device)["short"] == 0:
                 break
-            indices = rng.sample(range(len(problems)), wanted - len(kept)) if len(kept) < wanted else []
+            short = max(wanted - len(kept), 0)
+            indices = rng.sample(range(len(problems)), short) if short else []
         stats["sampling/rounds"] = round_ + 1
         if not indices:
             continue
         rollouts = generate_rollouts(model, tokenizer, [problems[i]["prompt"] for i in indices], G,
                                      cfg.max_new_tokens, cfg.temperature, cfg.top_p, stop_ids)
         lengths = rollouts.loss_mask.sum(dim=1).tolist()
-        rewards = torch.tensor([reward_fn(text, problems[indices[j // G]]["answer"])
-                                + overlong_penalty(lengths[j], cfg.max_new_tokens, cfg.overlong_buffer)
-                                for j, text in enumerate(rollouts.completions)], device=device)  # (B,)
+        rewards = torch.tensor(  # (B,)
+            [reward_fn(text, problems[indices[j // G]]["answer"])
+             + overlong_penalty(lengths[j], cfg.max_new_tokens, cfg.overlong_buffer)
+             for j, text in enumerate(rollouts.completions)], device=device)
         signal = groups_with_signal(rewards, G).tolist()
         if stats["groups/zero_std_frac"] is None:  # the first round measures the policy, unfiltered
             stats["groups/zero_std_frac"] = 1.0 - float(np.mean(signal))
-            stats["reward_sum"], stats["correct_sum"] = float(rewards.sum()), float((rewards > 0.5).sum())
+            stats["reward_sum"] = float(rewards.sum())
+            stats["correct_sum"] = float((rewards > 0.5).sum())
         for g, has_signal in enumerate(signal):
-            piece = (rollouts.select(range(g * G, (g + 1) * G)), rewards[g * G : (g + 1) * G], indices[g])
+            rows = range(g * G, (g + 1) * G)
+            piece = (rollouts.select(rows), rewards[g * G : (g + 1) * G], indices[g])
             (kept if has_signal or not cfg.dynamic_sampling else spare).append(piece)
     pieces = (kept + spare)[:wanted]
     stats["groups/unfilled"] = max(0, wanted - len(kept))
@@ -394,9 +401,11 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
 
 def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages, cfg: Config,
                   knobs: dict, device: torch.device, world_size: int,
-                  ref_logprobs: torch.Tensor | None = None, is_weights: torch.Tensor | None = None) -> dict:
+                  ref_logprobs: torch.Tensor | None = None,
+                  is_weights: torch.Tensor | None = None) -> dict:
     """Step 7: `ppo_epochs` passes of `updates_per_step` optimizer steps over mini-batches of this
-    rank's groups (the same old log-probs throughout: later updates are off-policy, so the clip acts).
+    rank's groups (the same old log-probs throughout: later updates are off-policy, so the clip
+    acts).
 
     `knobs` are the `policy_loss` arguments the controller sets (`loss_arguments`); they win over
     the config's values. Each mini-batch's loss is normalised by its GLOBAL token (or sequence)
@@ -407,14 +416,14 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     B = rollouts.completion_ids.shape[0]
     per_update = B // cfg.updates_per_step
     starts = range(0, B, per_update)
-    counts = all_reduce_sum({f"tokens_{s}": rollouts.loss_mask[s : s + per_update].sum() for s in starts},
-                            device)
+    mask = rollouts.loss_mask  # (B, T)
+    counts = all_reduce_sum({f"tokens_{s}": mask[s : s + per_update].sum() for s in starts}, device)
     num_updates = cfg.ppo_epochs * len(starts)
     loss_args = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
                  "loss_agg": cfg.loss_agg, "num_seqs": per_update * world_size,
-                 "max_len": cfg.max_new_tokens, "kl_coef": cfg.kl_coef, "cov_method": cfg.cov_method,
-                 "cov_ratio": cfg.cov_ratio, **knobs}
-    input_ids, attention_mask, mask = rollouts.input_ids, rollouts.attention_mask, rollouts.loss_mask
+                 "max_len": cfg.max_new_tokens, "kl_coef": cfg.kl_coef,
+                 "cov_method": cfg.cov_method, "cov_ratio": cfg.cov_ratio, **knobs}
+    input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
     T = rollouts.completion_ids.shape[1]
     totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
     stat_sums: dict[str, float] = {}
@@ -448,9 +457,10 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
         totals["grad_norm"] += grad_norm.item() / num_updates
     # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
     summed = all_reduce_sum({"loss/policy": totals["loss/policy"],
-                             **{f"loss/{key}": stat_sums[key] for key in sorted(stat_sums)}}, device)
-    return {"loss/policy": summed.pop("loss/policy") / num_updates, "grad_norm": totals["grad_norm"],
-            "nonfinite_skipped": totals["nonfinite_skipped"],
+                             **{f"loss/{key}": stat_sums[key] for key in sorted(stat_sums)}},
+                            device)
+    return {"loss/policy": summed.pop("loss/policy") / num_updates,
+            "grad_norm": totals["grad_norm"], "nonfinite_skipped": totals["nonfinite_skipped"],
             **{key: value / num_updates for key, value in summed.items()}}
 
 
@@ -475,22 +485,24 @@ def evaluate(run: Run, step: int) -> dict:
     cfg = run.cfg
     ks = [int(k) for k in cfg.eval_k.split(",")]
     if run.rank == 0:
-        tqdm.write(f"step {step}: held-out pass@k on {len(run.held_out)} prompts x {cfg.eval_n} samples "
-                   f"x <= {cfg.max_new_tokens} tokens, over {run.world_size} rank(s)")
+        tqdm.write(f"step {step}: held-out pass@k on {len(run.held_out)} prompts x {cfg.eval_n} "
+                   f"samples x <= {cfg.max_new_tokens} tokens, over {run.world_size} rank(s)")
     # as many sequences at once as a rollout batch generates (the same memory)
     per_batch = max(1, cfg.prompts_per_step // run.world_size * cfg.group_size // cfg.eval_n)
     with generation_mode(run.model):
-        result = evaluate_on_ranks(run.model, run.tokenizer, run.held_out, run.reward_fn, cfg.eval_n, ks,
-                                   cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   prompts_per_batch=per_batch, chunk_size=cfg.logprob_chunk_size,
+        result = evaluate_on_ranks(run.model, run.tokenizer, run.held_out, run.reward_fn,
+                                   cfg.eval_n, ks, cfg.max_new_tokens, temperature=cfg.temperature,
+                                   top_p=cfg.top_p, prompts_per_batch=per_batch,
+                                   chunk_size=cfg.logprob_chunk_size,
                                    micro_batch_size=cfg.micro_batch_size, progress=run.rank == 0,
                                    stop_ids=run.stop_ids, keep_samples=cfg.eval_samples)
     out = {f"eval/pass@{k}": result[f"pass@{k}"] for k in ks}
     out["eval/entropy"] = result["entropy"]
     if run.rank == 0:
-        tqdm.write(f"step {step} held-out: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in out.items()))
+        numbers = ", ".join(f"{key[5:]} {value:.3f}" for key, value in out.items())
+        tqdm.write(f"step {step} held-out: {numbers}")
         with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:  # what the model wrote
-            f.writelines(json.dumps({"step": step, **sample}) + "\n" for sample in result["samples"])
+            f.writelines(json.dumps({"step": step, **s}) + "\n" for s in result["samples"])
         for sample in result["samples"][:2]:
             tqdm.write(f"  sample: {describe(sample)}")
     out["eval/correct"] = result["correct"]  # per held-out prompt: for bootstrap intervals
@@ -515,8 +527,9 @@ def main(argv: list[str] | None = None) -> None:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             run.reporter.log(record)
+            target = record["entropy/target"]
             bar.set_postfix(reward=f"{record['reward/mean']:.2f}", H=f"{record['entropy']:.3f}",
-                            target="-" if record["entropy/target"] is None else f"{record['entropy/target']:.3f}",
+                            target="-" if target is None else f"{target:.3f}",
                             knob=f"{record['entropy/knob']:.3f}")
         if done or (cfg.save_every and (step + 1) % cfg.save_every == 0):
             save_checkpoint(run, step + 1)

@@ -1,4 +1,4 @@
-"""Is a configuration in the regime the paper studies? Issue 10's checks R1-R3, measured.
+"""Is a configuration in the regime the paper studies? The checks R1-R3, measured.
 
     python benchmarks/regime.py                     # 3 seeds x 7 runs of train.py's 200 steps, 2 at a time
     python benchmarks/regime.py --quick             # 1 seed x 7 runs of 60 steps, 64 held-out prompts
@@ -21,7 +21,7 @@ built once (R2 evaluates it with eval_passk.py):
     default-const  --loss dapo --schedule constant                          R3, train.py's default
     default-sa     --loss dapo --schedule stable-anneal                         controller, the same
 
-The requirements of issue 10, checked per seed; a requirement PASSES when every seed passes it.
+The requirements, checked per seed; a requirement PASSES when every seed passes it.
 H_0 is the mean token entropy of the step-0 rollouts, H_end the mean over the last 10% of steps,
 reward rises when its mean over the last 10% of steps is above that over the first 10%.
 

@@ -383,8 +383,8 @@ def _regime():
     return regime
 
 
-def test_regime_checks_apply_issue_10_thresholds():
-    """R1-R3 as the issue words them, on hand-made run summaries at and around each threshold."""
+def test_regime_checks_apply_their_thresholds():
+    """R1-R3 as regime.py states them, on hand-made run summaries at and around each threshold."""
     regime = _regime()
     run = lambda **kw: {"H0": 1.0, "H_end": 0.5, "reward_start": 0.2, "reward_end": 0.4,  # noqa: E731
                         "pass@1_base": 0.2, "pass@16_base": 0.8, "pass@1_end": 0.5,
