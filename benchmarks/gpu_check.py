@@ -307,11 +307,11 @@ class Check:
     def time_left(self) -> float:
         return self.deadline - time.time()
 
-    def run(self, part: str, cmd: list[str], timeout: float | None = None) -> dict:
+    def run(self, part: str, cmd: list[str]) -> dict:
         """Run `cmd` from the repository root with its output appended to the part's log, after
-        a "$ command" line; on its time limit kill it and everything it started. Returns rc (None
-        when killed or not started), seconds and the output."""
-        limit = min(timeout or self.sizes.timeouts[part], self.time_left())
+        a "$ command" line; at its time limit stop it and everything it started. Returns rc (None
+        when stopped or not started), seconds and the output."""
+        limit = min(self.sizes.timeouts[part], self.time_left())
         shown = shlex.join(cmd)
         with open(self.log_path(part), "a") as log:
             log.write(f"$ {shown}\n")
@@ -327,8 +327,7 @@ class Check:
             try:
                 rc, status = proc.wait(timeout=limit), None
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                stop(proc)
                 rc, status = None, f"TIMEOUT ({limit:.0f} s)"
             seconds = time.time() - started
             log.write(f"[{status or f'rc {rc}'} after {seconds:.1f} s]\n\n")
@@ -337,6 +336,22 @@ class Check:
             output = f.read()
         return {"rc": rc, "seconds": seconds, "output": output,
                 "status": status or ("ok" if rc == 0 else f"FAILED (rc {rc})")}
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a command started in a process group of its own, and everything it started. torchrun
+    puts each worker in a session of its own, out of the group's reach, and stops them when it
+    gets SIGTERM: so SIGTERM first, then SIGKILL for whatever is left of the group."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)  # torchrun gives its workers 30 s before it kills them
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group has ended
+        pass
+    proc.wait()
 
 
 # ============================================================================ the parts

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -70,6 +71,33 @@ def test_a_command_is_killed_at_the_budget_and_the_next_is_not_started(tmp_path)
     assert second["status"] == "skipped (budget)" and second["seconds"] == 0.0
     log = open(check.log_path("train")).read()
     assert log.count("$ ") == 2 and "[TIMEOUT" in log and "[not started:" in log
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_torchrun_worker_does_not_outlive_the_time_limit(tmp_path):
+    """torchrun starts each worker in a session of its own: killing torchrun's process group alone
+    would leave the worker running (on a GPU machine: holding the GPU through every later part)."""
+    worker = tmp_path / "worker.py"
+    worker.write_text("import os, pathlib, sys, time\n"
+                      "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
+                      "time.sleep(300)\n")
+    pid_file = tmp_path / "worker.pid"
+    check = check_for(tmp_path, budget=20)  # torchrun and its worker start well within it
+    result = check.run("train", [*check.torchrun(1), str(worker), str(pid_file)])
+    assert result["status"].startswith("TIMEOUT")
+    pid = int(pid_file.read_text())
+    deadline = time.time() + 10
+    while alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid)
 
 
 def test_a_missing_package_stops_the_check_with_one_line_naming_the_fix(tmp_path, monkeypatch):
