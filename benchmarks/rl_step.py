@@ -47,10 +47,13 @@ Memory, per rank, the maximum over ranks:
 
 --warmup runs one untimed step first, which takes one-off costs out of the timed step (CUDA context
 and kernel selection, AdamW allocating its state on the first update). Without it they are in it.
+Those costs do not grow with the completion length, so `--warmup_tokens 16` makes the untimed step
+short (decoding 2048 tokens a second time would double the benchmark's wall time for nothing).
 Left out: reward functions, DAPO's dynamic-sampling rounds, the reference model (kl_coef 0),
 evaluation, checkpoints.
 """
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -95,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--logprob_chunk_size", type=int, default=256, help="tokens per chunk of the fused head")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="recompute layer activations")
     parser.add_argument("--warmup", action="store_true", help="run one untimed step first")
+    parser.add_argument("--warmup_tokens", type=int, default=None,
+                        help="completion length of the --warmup step (default: --max_new_tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results to this JSON file")
     return parser.parse_args(argv)
@@ -115,6 +120,8 @@ def check_args(args, world_size: int) -> None:
          f"--updates_per_step {args.updates_per_step} must divide the prompts per rank ({local})")
     for name in ("max_new_tokens", "prompt_len", "micro_batch_size", "logprob_chunk_size"):
         need(getattr(args, name) >= 1, f"--{name} must be >= 1, got {getattr(args, name)}")
+    need(args.warmup_tokens is None or args.warmup_tokens >= 1,
+         f"--warmup_tokens must be >= 1, got {args.warmup_tokens}")
     need(args.prompt_len + args.max_new_tokens <= 32768,
          f"--prompt_len + --max_new_tokens must fit Qwen2.5's 32768 positions, got "
          f"{args.prompt_len + args.max_new_tokens}")
@@ -248,6 +255,7 @@ def main(argv=None) -> None:
                        max_new_tokens=args.max_new_tokens, updates_per_step=args.updates_per_step,
                        micro_batch_size=args.micro_batch_size, logprob_chunk_size=args.logprob_chunk_size,
                        gradient_checkpointing=args.gradient_checkpointing).resolved()
+    warmup_cfg = dataclasses.replace(cfg, max_new_tokens=args.warmup_tokens or args.max_new_tokens)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = build_model(args.shape, device)
@@ -280,10 +288,11 @@ def main(argv=None) -> None:
               f"({len(prompts) * args.group_size} per rank), prompt {args.prompt_len} + completion "
               f"{args.max_new_tokens} tokens; micro-batch {args.micro_batch_size}, {args.updates_per_step} "
               f"updates per step, chunk {args.logprob_chunk_size}, gradient checkpointing "
-              f"{'on' if args.gradient_checkpointing else 'off'}, warmup step {'yes' if args.warmup else 'no'}")
+              f"{'on' if args.gradient_checkpointing else 'off'}, warmup step "
+              f"{warmup_cfg.max_new_tokens if args.warmup else 'none'}")
 
     if args.warmup:
-        rl_step(model, tokenizer, optimizer, prompts, cfg, device, world_size)
+        rl_step(model, tokenizer, optimizer, prompts, warmup_cfg, device, world_size)
     result = rl_step(model, tokenizer, optimizer, prompts, cfg, device, world_size)
 
     if rank == 0:
