@@ -602,7 +602,8 @@ def field_docs(cls) -> dict[str, str]:
     """The docstring under each field of a dataclass, read from its source (for --help)."""
     body = ast.parse(inspect.getsource(cls)).body[0].body
     return {a.target.id: " ".join(b.value.value.split()) for a, b in zip(body, body[1:])
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant)}
 
 
 def _convert(text: str, kind: str):
@@ -641,8 +642,8 @@ def validate(cfg: Config, world_size: int) -> None:
     one_of("lr_schedule", ("constant", "cosine"))
     one_of("cov_method", COV_METHODS)
     one_of("report_to", ("none", "tensorboard", "wandb"))
-    need(cfg.group_size >= 2,
-         f"--group_size must be >= 2 (group-relative advantages need a group), got {cfg.group_size}")
+    need(cfg.group_size >= 2, f"--group_size must be >= 2 (group-relative advantages need a "
+                              f"group), got {cfg.group_size}")
     need(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
     need(cfg.prompts_per_step >= world_size and cfg.prompts_per_step % world_size == 0,
          f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of the number of ranks "
@@ -651,9 +652,9 @@ def validate(cfg: Config, world_size: int) -> None:
     divisors = [u for u in range(1, local + 1) if local % u == 0]
     need(cfg.updates_per_step >= 1 and local % cfg.updates_per_step == 0,
          f"--updates_per_step {cfg.updates_per_step} must divide the prompts per rank ({local} = "
-         f"--prompts_per_step {cfg.prompts_per_step} / {world_size} rank(s)); fix: --updates_per_step "
-         f"{' or '.join(map(str, divisors[-3:]))}, or --prompts_per_step a multiple of "
-         f"{cfg.updates_per_step * world_size}")
+         f"--prompts_per_step {cfg.prompts_per_step} / {world_size} rank(s)); fix: "
+         f"--updates_per_step {' or '.join(map(str, divisors[-3:]))}, or --prompts_per_step a "
+         f"multiple of {cfg.updates_per_step * world_size}")
     need(cfg.micro_batch_size >= 1, f"--micro_batch_size must be >= 1, got {cfg.micro_batch_size}")
     need(cfg.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
     need(cfg.temperature > 0, f"--temperature must be > 0, got {cfg.temperature}")
@@ -662,9 +663,11 @@ def validate(cfg: Config, world_size: int) -> None:
     need(cfg.lr_warmup_steps >= 0, f"--lr_warmup_steps must be >= 0, got {cfg.lr_warmup_steps}")
     need(cfg.tis_cap is None or cfg.tis_cap >= 1,
          f"--tis_cap must be >= 1 (a cap below 1 down-weights every token), got {cfg.tis_cap}")
-    need(cfg.cov_ratio is None or 0 < cfg.cov_ratio <= 1, f"--cov_ratio must be in (0, 1], got {cfg.cov_ratio}")
+    need(cfg.cov_ratio is None or 0 < cfg.cov_ratio <= 1,
+         f"--cov_ratio must be in (0, 1], got {cfg.cov_ratio}")
     need(cfg.eval_samples >= 0, f"--eval_samples must be >= 0, got {cfg.eval_samples}")
-    need(0 <= cfg.clip_low < 1 and cfg.clip_high >= 0, "--clip_low must be in [0, 1) and --clip_high >= 0")
+    need(0 <= cfg.clip_low < 1 and cfg.clip_high >= 0,
+         "--clip_low must be in [0, 1) and --clip_high >= 0")
     for name in ("entropy_start", "entropy_end"):
         value = getattr(cfg, name)
         need(value is None or value > 0, f"--{name} must be > 0 nats, got {value}")
@@ -674,7 +677,8 @@ def validate(cfg: Config, world_size: int) -> None:
     try:
         ks = [int(k) for k in cfg.eval_k.split(",")]
     except ValueError:
-        raise ConfigError(f"--eval_k must be comma-separated integers, got {cfg.eval_k!r}") from None
+        raise ConfigError(f"--eval_k must be comma-separated integers, got {cfg.eval_k!r}") \
+            from None
     need(all(1 <= k <= cfg.eval_n for k in ks),
          f"--eval_k {cfg.eval_k}: each k must be in [1, --eval_n {cfg.eval_n}]")
     need(cfg.dataset != "dapo-math" or cfg.eval_dataset is not None,
@@ -686,7 +690,8 @@ def validate(cfg: Config, world_size: int) -> None:
 def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
           device: torch.device) -> tuple[Run, int]:
     """Data, policy (built-in, any HF model, or the checkpoint to resume), optimizer, schedule,
-    controller and curriculum; restores a checkpoint on --resume. Returns the run and its first step."""
+    controller and curriculum; restores a checkpoint on --resume. Returns the run and its first
+    step."""
     try:
         problems, held_out = load_data(cfg)
     except (DataError, ValueError, FileNotFoundError) as e:
@@ -711,8 +716,9 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
         torch.set_num_threads(1)  # see SMALL_MODEL
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO's carry one
-        cfg.system_prompt = "Please reason step by step, and put your final answer within \\boxed{}."
+    if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO: own
+        cfg.system_prompt = ("Please reason step by step, and put your final answer within "
+                             "\\boxed{}.")
     problems = format_prompts(problems, tokenizer, cfg.chat_template, cfg.system_prompt)
     held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
     ref_model = None
@@ -730,12 +736,13 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
                  if getattr(cfg, name) is not None}
     if cfg.controller == "pid":
         overrides["init"] = cfg.clip_high  # the PID moves eps_high from the configured value
+    order = "off" if cfg.curriculum == "off" else cfg.curriculum_order
     run = Run(cfg=cfg, model=model, tokenizer=tokenizer,
-              optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-              problems=problems, held_out=held_out, reward_fn=reward_fn, schedule=make_schedule(cfg),
-              controller=make_controller(cfg.controller, **overrides),
-              curriculum=TwoPhaseCurriculum([p.get("level") for p in problems],
-                                            order="off" if cfg.curriculum == "off" else cfg.curriculum_order,
+              optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay),
+              problems=problems, held_out=held_out, reward_fn=reward_fn,
+              schedule=make_schedule(cfg), controller=make_controller(cfg.controller, **overrides),
+              curriculum=TwoPhaseCurriculum([p.get("level") for p in problems], order=order,
                                             seed=cfg.seed),
               tracker=TrackingError(), sampling_rng=sampling_rng, stop_ids=stop_ids, device=device,
               rank=rank, world_size=world_size, ref_model=ref_model, verifier=verifier)
@@ -751,8 +758,9 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
             json.dump(dataclasses.asdict(cfg), f, indent=2)
         print(f"config: {json.dumps(dataclasses.asdict(cfg))}")
         print(f"policy: {resume_from or initial_path} ({num_params / 1e6:.2f}M parameters), "
-              f"{len(problems)} training / {len(held_out)} held-out problems, {world_size} rank(s) on "
-              f"{device.type}" + (f", resuming at step {start_step}" if resume_from else ""))
+              f"{len(problems)} training / {len(held_out)} held-out problems, {world_size} "
+              f"rank(s) on {device.type}"
+              + (f", resuming at step {start_step}" if resume_from else ""))
     return run, start_step
 
 
@@ -765,19 +773,19 @@ SMALL_MODEL = 20_000_000  # parameters
 def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     """(train problems, held-out problems), validated at the door."""
     limit = cfg.max_problems or None
-    train = load_problems(cfg.dataset, None, cfg.prompt_field, cfg.answer_field, cfg.level_field, limit)
+    fields = (cfg.prompt_field, cfg.answer_field, cfg.level_field)
+    train = load_problems(cfg.dataset, None, *fields, limit)
     eval_source = cfg.eval_dataset or cfg.dataset
     if eval_source == cfg.dataset and os.path.exists(cfg.dataset):
         warnings.warn(f"no --eval_dataset: pass@k is measured on the first {cfg.eval_prompts} "
                       f"problems of the training file {cfg.dataset}, which are not held out")
-    held_out = load_problems(eval_source, "test", cfg.prompt_field, cfg.answer_field, cfg.level_field,
-                             cfg.eval_prompts)
+    held_out = load_problems(eval_source, "test", *fields, cfg.eval_prompts)
     return train, held_out
 
 
 def make_schedule(cfg: Config) -> EntropySchedule:
     """The run's schedule; targets left unset are relative to H0, the entropy at the first step."""
-    if cfg.passk_goal > 0:  # the goal rule chooses start, end and stable_frac (overrides --schedule)
+    if cfg.passk_goal > 0:  # the goal rule sets start, end and stable_frac (over --schedule)
         return schedule_for_goal(cfg.passk_goal, cfg.steps, cfg.entropy_start)
     return EntropySchedule(cfg.schedule, start=cfg.entropy_start, end=cfg.entropy_end,
                            total_steps=cfg.steps, stable_frac=cfg.stable_frac,
@@ -787,7 +795,8 @@ def make_schedule(cfg: Config) -> EntropySchedule:
 
 def enable_activation_checkpointing(model) -> None:
     """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2)."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5; the old name is deprecated
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is
+        # deprecated there)
         model.activation_checkpointing_enable({"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -795,20 +804,22 @@ def enable_activation_checkpointing(model) -> None:
 
 NO_SIGNAL_WARN_STEPS = 5
 NO_SIGNAL_MESSAGE = (
-    "for {steps} steps in a row every group's samples got the same reward (all wrong, or all right): "
-    "no gradient at all. Usually the reward never fires: check that --answer_field holds the reference "
-    "answers, that the model writes its answer in a form the verifier reads (\\boxed{{...}}, '#### 42', "
-    "'Answer: 42'; see --system_prompt and --chat_template), that --max_new_tokens does not cut answers "
-    "off, and that the task is neither far too hard nor too easy for this model. What the model wrote "
-    "and what the verifier read in it: {samples}. Verifier: {verifier}")
+    "for {steps} steps in a row every group's samples got the same reward (all wrong, or all "
+    "right): no gradient at all. Usually the reward never fires: check that --answer_field holds "
+    "the reference answers, that the model writes its answer in a form the verifier reads "
+    "(\\boxed{{...}}, '#### 42', 'Answer: 42'; see --system_prompt and --chat_template), that "
+    "--max_new_tokens does not cut answers off, and that the task is neither far too hard nor too "
+    "easy for this model. What the model wrote and what the verifier read in it: {samples}. "
+    "Verifier: {verifier}")
 
 
 def warn_when_no_signal(run: Run, zero_std_frac: float) -> None:
     """Warn once when NO_SIGNAL_WARN_STEPS steps in a row had no group with reward variance."""
     run.no_signal_steps = run.no_signal_steps + 1 if zero_std_frac == 1.0 else 0
     if run.no_signal_steps == NO_SIGNAL_WARN_STEPS and run.rank == 0:
+        samples = os.path.join(run.cfg.out_dir, "samples.jsonl")
         warnings.warn(NO_SIGNAL_MESSAGE.format(steps=run.no_signal_steps, verifier=run.verifier,
-                                               samples=os.path.join(run.cfg.out_dir, "samples.jsonl")))
+                                               samples=samples))
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -849,12 +860,14 @@ def save_checkpoint(run: Run, step: int) -> None:
         config_path = os.path.join(tmp, "config.json")  # FSDP renames the class: undo it
         with open(config_path) as f:
             hf_config = json.load(f)
-        hf_config["architectures"] = [a.removeprefix("FSDP") for a in hf_config.get("architectures") or []]
+        names = hf_config.get("architectures") or []
+        hf_config["architectures"] = [name.removeprefix("FSDP") for name in names]
         with open(config_path, "w") as f:
             json.dump(hf_config, f, indent=2)
         torch.save(optim_state, os.path.join(tmp, "optimizer.pt"))
         torch.save({"step": step, "rng": rngs, "schedule": run.schedule.state_dict(),
-                    "controller": run.controller.state_dict(), "curriculum": run.curriculum.state_dict(),
+                    "controller": run.controller.state_dict(),
+                    "curriculum": run.curriculum.state_dict(),
                     "tracker": run.tracker.state_dict(), "nonfinite_skipped": run.nonfinite_skipped,
                     "config": dataclasses.asdict(run.cfg)}, os.path.join(tmp, "trainer_state.pt"))
         shutil.rmtree(final, ignore_errors=True)
@@ -863,8 +876,9 @@ def save_checkpoint(run: Run, step: int) -> None:
         with open(pointer + ".tmp", "w") as f:
             f.write(name)
         os.replace(pointer + ".tmp", pointer)
-        for old in sorted(d for d in os.listdir(checkpoint_dir(run.cfg)) if d.startswith("step_"))[:-2]:
-            shutil.rmtree(os.path.join(checkpoint_dir(run.cfg), old), ignore_errors=True)  # keep two
+        steps = sorted(d for d in os.listdir(checkpoint_dir(run.cfg)) if d.startswith("step_"))
+        for old in steps[:-2]:  # keep two
+            shutil.rmtree(os.path.join(checkpoint_dir(run.cfg), old), ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
 
@@ -880,22 +894,24 @@ def load_checkpoint(run: Run, checkpoint: str) -> int:
     if not distributed or dist.get_rank() == 0:
         optim_state = safe_load(os.path.join(checkpoint, "optimizer.pt"), mmap=True)
     set_optimizer_state_dict(run.model, run.optimizer, optim_state,
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed))
+                             options=StateDictOptions(full_state_dict=True,
+                                                      broadcast_from_rank0=distributed))
     run.schedule.load_state_dict(state["schedule"])
     run.controller.load_state_dict(state["controller"])
     run.curriculum.load_state_dict(state["curriculum"])
     run.tracker.load_state_dict(state["tracker"])
     run.nonfinite_skipped = state["nonfinite_skipped"]
     step = state["step"]
-    if len(state["rng"]) == run.world_size:  # every random stream where it was: an exact continuation
+    if len(state["rng"]) == run.world_size:  # every random stream where it was: exact continuation
         restore_rng(state["rng"][run.rank], run.sampling_rng)
     else:
         run.sampling_rng = seed_everything(run.cfg.seed + 1_000_003 * step, run.rank)
         if run.rank == 0:
             print(f"note: {checkpoint} was written by {len(state['rng'])} rank(s) and resumes on "
-                  f"{run.world_size}: model, optimizer, schedule, controller and curriculum are restored, "
-                  f"the random streams are re-seeded from --seed and the step, so the run goes on "
-                  f"faithfully but not bit-exactly (resume on {len(state['rng'])} rank(s) for that)")
+                  f"{run.world_size}: model, optimizer, schedule, controller and curriculum are "
+                  f"restored, the random streams are re-seeded from --seed and the step, so the "
+                  f"run goes on faithfully but not bit-exactly (resume on {len(state['rng'])} "
+                  f"rank(s) for that)")
     return step
 
 
@@ -913,9 +929,9 @@ def safe_load(path: str, **kwargs):
         return torch.load(path, weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain values, "
-                              f"and loading it could run code ({reason[:120]}); resume only from "
-                              "checkpoints this code wrote, or delete it") from None
+        raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain "
+                              f"values, and loading it could run code ({reason[:120]}); resume "
+                              "only from checkpoints this code wrote, or delete it") from None
 
 
 def rng_state(sampling_rng: random.Random) -> dict:
@@ -1001,12 +1017,13 @@ class Reporter:
             try:
                 import wandb
             except ImportError:
-                raise ConfigError("--report_to wandb needs the wandb package; fix: pip install wandb "
-                                  "(WANDB_MODE=offline to keep runs local), or --report_to none") from None
+                raise ConfigError("--report_to wandb needs the wandb package; fix: pip install "
+                                  "wandb (WANDB_MODE=offline to keep runs local), or --report_to "
+                                  "none") from None
             self.wandb = wandb
             self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "entropy-scheduling"),
-                                  name=os.path.basename(os.path.normpath(cfg.out_dir)), dir=cfg.out_dir,
-                                  config=dataclasses.asdict(cfg))
+                                  name=os.path.basename(os.path.normpath(cfg.out_dir)),
+                                  dir=cfg.out_dir, config=dataclasses.asdict(cfg))
 
     def log(self, record: dict) -> None:
         numbers = {key: value for key, value in record.items() if key != "step"
@@ -1024,10 +1041,10 @@ class Reporter:
             self.writer.close()
         elif self.kind == "wandb":
             steps = [r["step"] for r in self.rows]
-            target = [math.nan if r["entropy/target"] is None else r["entropy/target"] for r in self.rows]
+            target = [nan_for_none(r["entropy/target"]) for r in self.rows]
             self.run.log({"entropy and its target": self.wandb.plot.line_series(
-                xs=steps, ys=[[r["entropy"] for r in self.rows], target], keys=["entropy", "target"],
-                title="entropy and its target (nats)", xname="step")})
+                xs=steps, ys=[[r["entropy"] for r in self.rows], target],
+                keys=["entropy", "target"], title="entropy and its target (nats)", xname="step")})
             self.run.finish()
 
 
@@ -1053,7 +1070,8 @@ def text_plot(series: dict[str, list], title: str, width: int = 60, height: int 
     grid = [[" "] * width for _ in range(height)]
     for mark, values in series.items():
         for col in range(width):
-            chunk = [v for v in values[col * steps // width : (col + 1) * steps // width] if v is not None]
+            part = values[col * steps // width : (col + 1) * steps // width]
+            chunk = [v for v in part if v is not None]
             if chunk:
                 row = round((sum(chunk) / len(chunk) - low) / span * (height - 1))
                 grid[height - 1 - row][col] = mark
@@ -1064,6 +1082,10 @@ def text_plot(series: dict[str, list], title: str, width: int = 60, height: int 
     lines.append(" " * 9 + "+" + "-" * width)
     lines.append(" " * 10 + f"step 0 .. {steps - 1}")
     return "\n".join(lines)
+
+
+def nan_for_none(value):
+    return math.nan if value is None else value
 
 
 def plot_metrics(rows: list[dict], png_path: str) -> None:
@@ -1077,8 +1099,7 @@ def plot_metrics(rows: list[dict], png_path: str) -> None:
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].plot(steps, [r["entropy"] for r in rows], label="measured")
-    axes[0].plot(steps, [math.nan if r["entropy/target"] is None else r["entropy/target"] for r in rows],
-                 "--", label="target")
+    axes[0].plot(steps, [nan_for_none(r["entropy/target"]) for r in rows], "--", label="target")
     axes[0].set(title="entropy (nats)", xlabel="step")
     axes[0].legend()
     axes[1].plot(steps, [r["reward/mean"] for r in rows])
