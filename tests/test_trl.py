@@ -176,7 +176,8 @@ def test_vs_trl_benchmark_quick(tmp_path):
         assert part in out, part
     with open(tmp_path / "vs_trl.json") as f:
         runs = json.load(f)
-    for side in ("ours", "trl"):  # 3 RL steps each, every phase timed
+    for side in ("ours", "trl"):  # 3 RL steps each, every phase timed on both clocks
         assert [len(run["steps"]) for run in runs[side]] == [3, 3]
-        assert all(step[phase] > 0 for run in runs[side] for step in run["steps"]
+        assert all(step[clock][phase] > 0 for run in runs[side] for step in run["steps"]
+                   for clock in ("cpu", "wall")
                    for phase in ("generation", "old_logprobs", "update"))
