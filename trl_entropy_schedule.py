@@ -32,7 +32,7 @@ One optimizer step s, in the callback's `on_log` (schedule steps are optimizer s
 schedule's `total_steps` is set to the trainer's `max_steps` when training begins):
 
     H_s  = logs["entropy"]                       the policy before step s's update, its mini-batch
-    H*   = schedule.target(s)                    relative targets: H0 = H_0, the first step's
+    H*   = schedule.target(s)                    relative targets: H0 is step 0's entropy
     knob = controller.update(H_s, H*)            -> trainer.epsilon_high or trainer.entropy_coef
 
 The difference from train.py: there the controller reads the old policy's entropy of the whole
@@ -45,6 +45,10 @@ all ranks set the same knob. Left out: the callback's state is not saved in TRL'
 The demo (`main`) trains GRPOTrainer on the built-in testbed: testbed.py's warm-started model,
 its digit sums, reward.math_reward; DAPO's loss (token-mean, clip 0.2 / 0.28, no KL), a
 stable-anneal schedule, and prints the tracking error per phase and a text plot, as train.py does.
+Its defaults (400 optimizer steps: 100 generations of 64 prompts x 8, 4 updates each) took 7-8
+minutes on 2 busy cores: `pid-entropy` tracked the schedule at 9.5% (stable) / 11.4% (anneal);
+the paper's PID on epsilon_high opened it to 1.0 and stayed there while entropy fell as GRPO's
+does (40% / 36%), as train.py finds on this testbed (docs/results.md).
 """
 from __future__ import annotations
 
