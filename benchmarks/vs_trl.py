@@ -23,8 +23,9 @@ built-in task's 2000 problems, each in its own process with one thread (OMP_NUM_
   entropy term
   sampling      temperature 1, top_p 1,          temperature 1, top_p 1, top_k 0,
                 4 new tokens                     max_completion_length 4
-  optimizer     AdamW, --lr, no decay,           adamw_torch, learning_rate, constant schedule,
-                clip 1.0                         weight_decay 0, max_grad_norm 1.0
+  optimizer     AdamW, --lr, --lr_schedule       adamw_torch, learning_rate, lr_scheduler_type
+                constant, no warm-up or decay,   constant, warmup 0, weight_decay 0,
+                clip 1.0                         max_grad_norm 1.0
   precision     fp32                             fp32 (bf16 False), no gradient checkpointing
 
 Differences that remain, and why they are left: train.py's DAPO preset turns dynamic sampling on;
@@ -159,8 +160,9 @@ def ours_worker(opts) -> None:
                 "--group_size", str(opts.group_size),
                 "--updates_per_step", str(opts.updates_per_step), "--ppo_epochs", "1",
                 "--micro_batch_size", str(opts.micro_batch_size), "--lr", str(opts.lr),
-                "--loss", "dapo", "--dynamic_sampling", "false", "--kl_coef", "0",
-                "--schedule", "none", "--temperature", "1", "--top_p", "1",
+                "--lr_warmup_steps", "0", "--lr_schedule", "constant", "--loss", "dapo",
+                "--dynamic_sampling", "false", "--kl_coef", "0", "--schedule", "none",
+                "--temperature", "1", "--top_p", "1",
                 "--eval_prompts", "1", "--eval_n", "1", "--eval_k", "1", "--save_every", "0"])
     write_result(opts.result, rows)
 
