@@ -1,7 +1,7 @@
 """Our train.py against TRL's GRPOTrainer, side by side: the same model, prompts, batch, steps and
 loss, no entropy control. Time, peak memory, where the time goes, and the learning curves.
 
-    python benchmarks/vs_trl.py                       # 5 interleaved pairs x 30 RL steps (11 min)
+    python benchmarks/vs_trl.py                       # 5 interleaved pairs x 30 RL steps (8 min)
     python benchmarks/vs_trl.py --pairs 7 --steps 50  # more of both
     python benchmarks/vs_trl.py --quick               # a smoke test (< 2 minutes)
 
