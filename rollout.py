@@ -308,7 +308,9 @@ def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max
     """Sample `group_size` completions for each prompt with `model.generate` (KV cache on).
 
     Prompts are tokenized with left padding so that every row's completion starts at the same
-    column. Sampling is pure temperature / top-p, exactly what the loss assumes: the checkpoint's
+    column. Each prompt is prefilled once (`shared_prefill`), and its KV cache repeated for its
+    `group_size` completions. Sampling is pure temperature / top-p, exactly what the loss assumes:
+    the checkpoint's
     own generation_config (repetition_penalty, top_k, min_p, ... which instruct models often set)
     is set aside for the call. Completions end at any of `stop_ids` (default `stop_token_ids`).
     `synced_gpus=False`: transformers would otherwise all-reduce at every decoding step of an
@@ -319,8 +321,9 @@ def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max
     tokenizer.padding_side = "left"
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     device = next(model.parameters()).device
-    prompt_ids = encoded["input_ids"].repeat_interleave(group_size, dim=0).to(device)  # (B, P)
-    prompt_mask = encoded["attention_mask"].repeat_interleave(group_size, dim=0).to(device)
+    unique_ids, unique_mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    prompt_ids = unique_ids.repeat_interleave(group_size, dim=0)  # (B, P), B = prompts x G
+    prompt_mask = unique_mask.repeat_interleave(group_size, dim=0)
     stop_ids = stop_ids or stop_token_ids(tokenizer, model)
     sampling = GenerationConfig(do_sample=True, top_k=0, max_new_tokens=max_new_tokens,
                                 eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
@@ -331,7 +334,8 @@ def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max
     own_config, model.generation_config = model.generation_config, sampling  # only ours applies
     try:
         output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=sampling,
-                                logits_processor=processors, synced_gpus=False)
+                                logits_processor=processors, synced_gpus=False,
+                                **shared_prefill(model, unique_ids, unique_mask, group_size))
     finally:
         model.generation_config = own_config
     completion_ids = output[:, prompt_ids.shape[1] :]  # (B, T), T <= max_new_tokens
@@ -339,6 +343,28 @@ def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max
     texts = tokenizer.batch_decode(completion_ids * loss_mask + tokenizer.pad_token_id * (1 - loss_mask),
                                    skip_special_tokens=True)
     return Rollouts(prompt_ids, completion_ids, prompt_mask, loss_mask, texts, recorder.finish(completion_ids))
+
+
+def shared_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int) -> dict:
+    """The KV cache of each prompt but its last token, computed once and repeated `group_size`
+    times, as the keyword argument `generate` continues from ({} when there is nothing to share).
+
+    `generate` would otherwise run the whole prompt through the model once per completion: G times
+    the prefill's work. From the cache it runs only the last prompt token, then decodes as before;
+    the logits it samples from are the same up to float rounding (tests/test_rollout.py), and the
+    random draws are the same ones. prompt_ids, prompt_mask: (P, L), left-padded, one row a prompt.
+    """
+    import inspect
+
+    if group_size < 2 or prompt_ids.shape[1] < 2:
+        return {}
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # as `generate` builds them
+    output = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
+                   position_ids=position_ids[:, :-1], use_cache=True, logits_to_keep=1)
+    cache = output[name]
+    cache.batch_repeat_interleave(group_size)  # (P, ...) -> (P x G, ...), a prompt's rows adjacent
+    return {name: cache}
 
 
 # ----------------------------------------------------------------------------- the policy's view

@@ -297,3 +297,29 @@ def test_logprob_pass_keeps_only_the_final_hidden_state(tiny_policy):
     T = r.completion_ids.shape[1]
     ref = torch.log_softmax(full[:, -T - 1 : -1], -1).gather(2, r.completion_ids[..., None]).squeeze(2)
     torch.testing.assert_close((logp * r.loss_mask).double(), ref * r.loss_mask, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefill_continues_exactly_where_a_full_prefill_would(tiny_policy):
+    """Prompts of different lengths (left padding), 3 completions each: `generate` from the shared
+    cache picks the same greedy tokens from the same scores as `generate` over 3 copies of every
+    prompt; and the cache holds each prompt once per completion."""
+    from transformers import GenerationConfig
+
+    from rollout import shared_prefill
+
+    model, tok = tiny_policy
+    encoded = tok(["1+2=", "9+9+9+1=", "5="], return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    greedy = GenerationConfig(do_sample=False, max_new_tokens=5, eos_token_id=1, pad_token_id=0,
+                              output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        full = model.generate(input_ids=ids.repeat_interleave(3, 0), attention_mask=mask.repeat_interleave(3, 0),
+                              generation_config=greedy)
+        cache = shared_prefill(model, ids, mask, group_size=3)
+        assert list(cache.values())[0].get_seq_length() == ids.shape[1] - 1
+        shared = model.generate(input_ids=ids.repeat_interleave(3, 0), attention_mask=mask.repeat_interleave(3, 0),
+                                generation_config=greedy, **cache)
+    assert torch.equal(full.sequences, shared.sequences)
+    for a, b in zip(full.scores, shared.scores):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert shared_prefill(model, ids, mask, group_size=1) == {}  # nothing to share
