@@ -404,8 +404,10 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
                   ref_logprobs: torch.Tensor | None = None,
                   is_weights: torch.Tensor | None = None) -> dict:
     """Step 7: `ppo_epochs` passes of `updates_per_step` optimizer steps over mini-batches of this
-    rank's groups (the same old log-probs throughout: later updates are off-policy, so the clip
-    acts).
+    rank's completions (the same old log-probs throughout: later updates are off-policy, so the
+    clip acts). Each pass shuffles the completions into its mini-batches, as verl and TRL do: a
+    mini-batch of completions from every group, not of whole groups, learned faster on the testbed
+    (reward 0.475 against 0.425 after 30 steps, 3 seeds; docs/results.md).
 
     `knobs` are the `policy_loss` arguments the controller sets (`loss_arguments`); they win over
     the config's values. Each mini-batch's loss is normalised by its GLOBAL token (or sequence)
@@ -414,11 +416,13 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     `* world_size`.
     """
     B = rollouts.completion_ids.shape[0]
-    per_update = B // cfg.updates_per_step
-    starts = range(0, B, per_update)
     mask = rollouts.loss_mask  # (B, T)
-    counts = all_reduce_sum({f"tokens_{s}": mask[s : s + per_update].sum() for s in starts}, device)
-    num_updates = cfg.ppo_epochs * len(starts)
+    per_update = B // cfg.updates_per_step
+    mini_batches = [rows for _ in range(cfg.ppo_epochs)  # each (per_update,): rows of the batch
+                    for rows in torch.randperm(B, device=mask.device).split(per_update)]
+    counts = all_reduce_sum({f"tokens_{u}": mask[rows].sum() for u, rows in enumerate(mini_batches)},
+                            device)  # the token count of mini-batch u over all ranks
+    num_updates = len(mini_batches)
     loss_args = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
                  "loss_agg": cfg.loss_agg, "num_seqs": per_update * world_size,
                  "max_len": cfg.max_new_tokens, "kl_coef": cfg.kl_coef,
@@ -427,10 +431,10 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     T = rollouts.completion_ids.shape[1]
     totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
     stat_sums: dict[str, float] = {}
-    for start in [s for _ in range(cfg.ppo_epochs) for s in starts]:
-        tokens = counts[f"tokens_{start}"]
+    for u, mini_batch in enumerate(mini_batches):
+        tokens = counts[f"tokens_{u}"]
         optimizer.zero_grad(set_to_none=True)
-        order = start + length_sorted(attention_mask[start : start + per_update])  # (per_update,)
+        order = mini_batch[length_sorted(attention_mask[mini_batch])]  # (per_update,)
         for rows in order.split(cfg.micro_batch_size):  # micro-batches of similar length
             with autocast(model):
                 logprobs, entropy = sequence_logprobs_and_entropy(
