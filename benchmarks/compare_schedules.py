@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison on the embedded default: same budget, same base models, 5 seeds.
 
-    python benchmarks/compare_schedules.py            # default size: 7 arms x 5 seeds x 200 steps
+    python benchmarks/compare_schedules.py            # default size: 9 arms x 5 seeds x 200 steps
     python benchmarks/compare_schedules.py --quick    # 1 seed, 30 steps, 64 held-out problems
     python benchmarks/compare_schedules.py --arms grpo,es --seeds 0,1 -- --lr 2e-4   # + train.py flags
 
@@ -8,15 +8,17 @@ Arms (each is one train.py command line; see ARMS):
   grpo          GRPO, no entropy control                         --loss grpo --schedule none
   dapo          DAPO: entropy held at a constant target          --schedule constant
   es            Entropy Scheduling: stable, then anneal          --schedule stable-anneal
-  es-paper-pid  the same, with the paper's PID on clip-high      --controller pid   (only if asked:
-                --arms; benchmarks/regime.py measures it; it adds ~8 minutes)
+  es-paper-pid  the same schedule, the paper's PID on clip-high  --controller pid
+  es-balance    the same schedule, EntroPIC's advantage balance  --controller balance
   es-hard-easy  ES + the two-phase curriculum, hard problems in the stable phase
   es-easy-hard  ES + the two-phase curriculum, the other order
   es-k1         ES with the schedule chosen for pass@1           --passk_goal 1
   es-k16        ES with the schedule chosen for pass@16          --passk_goal 16
 Every DAPO/ES arm uses DAPO's loss and train.py's default controller (`CONTROLLER`: the PID on a
-signed entropy coefficient), but es-paper-pid, which puts the paper's PID on clip-high in the same
-place (on this testbed clip-high barely moves entropy: benchmarks/regime.py measures it).
+signed entropy coefficient), but es-paper-pid and es-balance: the same stable-anneal schedule
+driven by the other actuators (clip-high; EntroPIC's weight of negative vs positive advantages),
+so that what the schedule does can be told apart from what its knob does (on this testbed
+clip-high barely moves entropy: benchmarks/regime.py and docs/results.md measure it).
 
 Every arm of a seed starts from the same warm-started base model (built once per seed) and runs the
 same number of steps with the same batch. Reported per arm: held-out pass@1/4/16 with 95% bootstrap
@@ -51,6 +53,7 @@ ARMS = {
     "dapo": ["--loss", "dapo", "--schedule", "constant", *CONTROLLER],
     "es": ["--loss", "dapo", "--schedule", "stable-anneal", *CONTROLLER],
     "es-paper-pid": ["--loss", "dapo", "--schedule", "stable-anneal", "--controller", "pid"],
+    "es-balance": ["--loss", "dapo", "--schedule", "stable-anneal", "--controller", "balance"],
     "es-hard-easy": ["--loss", "dapo", "--schedule", "stable-anneal", *CONTROLLER,
                      "--curriculum", "two-phase", "--curriculum_order", "hard-first"],
     "es-easy-hard": ["--loss", "dapo", "--schedule", "stable-anneal", *CONTROLLER,
@@ -58,7 +61,7 @@ ARMS = {
     "es-k1": ["--loss", "dapo", "--passk_goal", "1", *CONTROLLER],
     "es-k16": ["--loss", "dapo", "--passk_goal", "16", *CONTROLLER],
 }
-DEFAULT_ARMS = [a for a in ARMS if a != "es-paper-pid"]  # the paper's PID: benchmarks/regime.py measures it
+DEFAULT_ARMS = list(ARMS)
 KS = [1, 2, 4, 8, 16]
 REPORT_KS = [1, 4, 16]
 
@@ -235,7 +238,7 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default train.py's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 100,101,102,103,104)")
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
-                        help=f"comma-separated, from {', '.join(ARMS)} (default all but es-paper-pid)")
+                        help=f"comma-separated, from {', '.join(ARMS)} (default all)")
     parser.add_argument("--eval_prompts", type=int, default=None, help="held-out problems (default 128)")
     parser.add_argument("--eval_every", type=int, default=None, help="checkpoint evals (default steps / 4)")
     parser.add_argument("--out_dir", default=None, help="default runs/compare or runs/compare-quick")
