@@ -139,7 +139,10 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     Returns (loss, stats); stats are masked token means over this batch: clipfrac (any clip),
     clipfrac_high / clipfrac_low (ratio above 1 + eps_high with A > 0 / below 1 - eps_low with
     A < 0), approx_kl = mean(old_logp - logp), cov_frac (tokens Clip-Cov / KL-Cov restrained),
-    and entropy / kl when given.
+    and entropy / kl when given; clip_high_mass = mean(p_old * [clipped at the upper bound]):
+    divided by clipfrac_high, the mean old probability of the tokens eps_high holds back. Only a
+    token with p_old < 1 / (1 + eps_high) can reach that bound (r <= 1 / p_old); DAPO (section
+    3.1) finds p < 0.2 for them.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (B, 1): one advantage for every token of a sequence
@@ -185,9 +188,11 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         def mean(x):
             return ((x.float() * m).sum() / tokens).item()
 
+        clipped_high = (ratio > 1 + clip_high) & (advantages > 0)  # (B, T)
         stats = {
             "clipfrac": mean(clipped > unclipped),
-            "clipfrac_high": mean((ratio > 1 + clip_high) & (advantages > 0)),
+            "clipfrac_high": mean(clipped_high),
+            "clip_high_mass": mean(clipped_high * old_logprobs.exp()),
             "clipfrac_low": mean((ratio < 1 - clip_low) & (advantages < 0)),
             "approx_kl": mean(-log_ratio),
         }

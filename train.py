@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import json
 import math
@@ -463,9 +464,12 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     summed = all_reduce_sum({"loss/policy": totals["loss/policy"],
                              **{f"loss/{key}": stat_sums[key] for key in sorted(stat_sums)}},
                             device)
-    return {"loss/policy": summed.pop("loss/policy") / num_updates,
-            "grad_norm": totals["grad_norm"], "nonfinite_skipped": totals["nonfinite_skipped"],
-            **{key: value / num_updates for key, value in summed.items()}}
+    out = {"loss/policy": summed.pop("loss/policy") / num_updates,
+           "grad_norm": totals["grad_norm"], "nonfinite_skipped": totals["nonfinite_skipped"],
+           **{key: value / num_updates for key, value in summed.items()}}
+    mass, frac = out.pop("loss/clip_high_mass"), out["loss/clipfrac_high"]
+    out["loss/clip_high_p"] = mass / frac if frac > 0 else None  # old p of the tokens clipped high
+    return out
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -689,6 +693,14 @@ def validate(cfg: Config, world_size: int) -> None:
          "--dataset dapo-math has no test split: set --eval_dataset (e.g. math, or a file)")
     need(cfg.overlong_buffer < cfg.max_new_tokens or cfg.overlong_buffer == 0,
          f"--overlong_buffer {cfg.overlong_buffer} must be < --max_new_tokens {cfg.max_new_tokens}")
+    if cfg.report_to != "none":  # before the model is built, not after
+        try:
+            importlib.import_module(cfg.report_to)
+        except ImportError:
+            hint = " (WANDB_MODE=offline keeps runs local)" if cfg.report_to == "wandb" else ""
+            raise ConfigError(f"--report_to {cfg.report_to} needs the {cfg.report_to} package; "
+                              f"fix: pip install {cfg.report_to}{hint}, or --report_to none") \
+                from None
 
 
 def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
@@ -1009,21 +1021,14 @@ class Reporter:
         self.kind = cfg.report_to if rank == 0 else "none"
         self.rows: list[dict] = []
         if self.kind == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError("--report_to tensorboard needs the tensorboard package; fix: pip "
-                                  "install tensorboard (or --report_to none)") from None
+            from torch.utils.tensorboard import SummaryWriter  # validate() checked it imports
+
             self.writer = SummaryWriter(os.path.join(cfg.out_dir, "tensorboard"))
             self.writer.add_custom_scalars({"entropy scheduling": {
                 "entropy and its target": ["Multiline", ["entropy", "entropy/target"]]}})
         elif self.kind == "wandb":
-            try:
-                import wandb
-            except ImportError:
-                raise ConfigError("--report_to wandb needs the wandb package; fix: pip install "
-                                  "wandb (WANDB_MODE=offline to keep runs local), or --report_to "
-                                  "none") from None
+            import wandb
+
             self.wandb = wandb
             self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "entropy-scheduling"),
                                   name=os.path.basename(os.path.normpath(cfg.out_dir)),

@@ -169,3 +169,41 @@ def test_clip_cov_stops_the_gradient_of_one_token_in_the_band():
     assert logp.grad[0, 0].item() == 0.0
     assert logp.grad[0, 1].item() == pytest.approx(-2 / 4) and logp.grad[1, 0].item() == pytest.approx(2 / 4)
     assert loss.item() == pytest.approx((-2 + 2 + 2) / 4) and stats["cov_frac"] == pytest.approx(0.25)
+
+
+def test_clip_high_mass_is_the_old_probability_of_the_tokens_clipped_at_the_upper_bound():
+    # old probabilities 0.1, 0.4, 0.5, 0.9; ratios 3, 2, 1.1, 1.02; eps_high 0.28
+    old = torch.log(torch.tensor([[0.1, 0.4, 0.5, 0.9]]))
+    new = old + torch.log(torch.tensor([[3.0, 2.0, 1.1, 1.02]]))
+    mask = torch.ones(1, 4)
+    _, stats = policy_loss(new, old, torch.tensor([1.0]), mask, clip_high=0.28)
+    assert stats["clipfrac_high"] == pytest.approx(0.5)  # the first two tokens
+    assert stats["clip_high_mass"] / stats["clipfrac_high"] == pytest.approx((0.1 + 0.4) / 2)
+    # eps_high 0.05 clips the third too (1.02 is not above 1.05)
+    _, stats = policy_loss(new, old, torch.tensor([1.0]), mask, clip_high=0.05)
+    assert stats["clip_high_mass"] / stats["clipfrac_high"] == pytest.approx((0.1 + 0.4 + 0.5) / 3)
+    # a masked token never counts
+    _, stats = policy_loss(new, old, torch.tensor([1.0]), torch.tensor([[0.0, 1.0, 1.0, 1.0]]),
+                           clip_high=0.28)
+    assert stats["clip_high_mass"] / stats["clipfrac_high"] == pytest.approx(0.4)
+    # nothing clipped (negative advantage): no mass
+    _, stats = policy_loss(new, old, torch.tensor([-1.0]), mask, clip_high=0.28)
+    assert stats["clip_high_mass"] == 0.0 and stats["clipfrac_high"] == 0.0
+
+
+def test_clip_high_steers_a_reward_neutral_fork_only_when_ratios_move():
+    """benchmarks/clip_high_fork_sim.py: a fork whose choice the reward ignores. With one pass the
+    ratios stay inside [0.8, 1.28]: eps_high 0.28 and 1.0 give the same trajectory. With four
+    passes eps_high 0.05 collapses the fork that 1.0 keeps near its start."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.clip_high_fork_sim import simulate
+
+    w = (8, 4, 2, 2, 1, 1, 1, 1)
+    one_pass = [simulate(eps, 0.03, 1, 4, 40, 0, w, prompts=32) for eps in (0.28, 1.0)]
+    assert one_pass[0] == one_pass[1]
+    h0 = one_pass[0][0]
+    low, high = [sum(simulate(eps, 0.03, 4, 4, 60, seed, w, prompts=32)[-1] for seed in (0, 1)) / 2
+                 for eps in (0.05, 1.0)]
+    assert low < 0.5 * h0 < high, (low, high, h0)

@@ -50,6 +50,9 @@ def test_default_run_writes_metrics_checkpoint_and_config(base_model):
     assert [r["step"] for r in rows] == [0, 1]
     assert REQUIRED_KEYS <= set(rows[0])
     assert rows[0]["entropy"] > 0 and rows[0]["entropy/target"] == pytest.approx(rows[0]["entropy"])
+    for r in rows:  # the old probability of the tokens clipped high: only p < 1 / (1 + 0.28) can be
+        p = r["loss/clip_high_p"]
+        assert (p is None) if r["loss/clipfrac_high"] == 0 else 0 < p < 1 / 1.28
     assert "eval/pass@1" in rows[0] and "eval/pass@4" in rows[-1]
     assert json.load(open(base_model / "config.json"))["loss_agg"] == "token-mean"
     with open(base_model / "base_model" / "warm_start.json") as f:
@@ -221,10 +224,18 @@ def test_resume_on_another_number_of_ranks_says_so_and_goes_on(base_model, tmp_p
     (["--resume", "maybe"], "argument --resume: expected bool, got 'maybe'"),
     (["--lr", "fast"], "argument --lr: expected float, got 'fast'"),
 ])
-def test_bad_config_fails_at_start_with_one_line(tmp_path, flags, message):
-    proc = run(["--out_dir", str(tmp_path), *flags], check=False, timeout=60)
+def test_bad_config_fails_at_start_with_one_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:  # train.py's own start, in this process
+        train.configure(["--out_dir", str(tmp_path), *flags], 0, 1)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_config_exits_2_from_the_command_line_without_a_traceback(tmp_path):
+    proc = run(["--out_dir", str(tmp_path), "--group_size", "1"], check=False, timeout=60)
     assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "--group_size must be >= 2" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_help_lists_every_field_with_its_docstring():
@@ -260,16 +271,16 @@ def test_config_file_and_flags(tmp_path):
         train.parse_config(["--config", str(path)])
 
 
-@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path, loss_agg):
-    """One SGD update on a fixed batch: 1 process vs 2 FSDP ranks, micro-batches of 8 vs 1 vs 3."""
+def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path):
+    """One SGD update on a fixed batch: 1 process vs 2 FSDP ranks, micro-batches of 8 vs 1 vs 3,
+    for each loss aggregation mode."""
     script = os.path.join(ROOT, "tests", "dist_objective.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name, launcher, micro in [("one", [sys.executable], "8"), ("micro", [sys.executable], "1"),
                                   ("two", TORCHRUN, "3")]:
-        subprocess.run([*launcher, script, str(tmp_path / f"{name}.pt"), loss_agg, micro], check=True,
+        subprocess.run([*launcher, script, str(tmp_path / f"{name}.pt"), micro], check=True,
                        env=env, capture_output=True, timeout=180)
-    one, micro, two = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "micro", "two"))
+    ones, micros, twos = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "micro", "two"))
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)  # the same initial weights, to check that the update is not tiny
@@ -277,12 +288,18 @@ def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path, loss_agg)
                                            num_hidden_layers=2, num_attention_heads=2,
                                            num_key_value_heads=2, max_position_embeddings=32,
                                            pad_token_id=0, eos_token_id=1)).state_dict()
-    update = max((one["params"][k] - initial[k]).abs().max().item() for k in initial)
-    assert update > 1e-3  # a factor-of-2 scale error would move parameters by ~1e-3 or more
-    for other in (micro, two):
-        diff = max((one["params"][k] - other["params"][k]).abs().max().item() for k in initial)
-        assert diff < 1e-5
-        assert other["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert sorted(ones) == sorted(train.LOSS_AGG_MODES) == sorted(micros) == sorted(twos)
+    losses = []
+    for loss_agg in train.LOSS_AGG_MODES:
+        one, micro, two = ones[loss_agg], micros[loss_agg], twos[loss_agg]
+        update = max((one["params"][k] - initial[k]).abs().max().item() for k in initial)
+        assert update > 1e-3, loss_agg  # a factor-of-2 scale error moves parameters by >= ~1e-3
+        for other in (micro, two):
+            diff = max((one["params"][k] - other["params"][k]).abs().max().item() for k in initial)
+            assert diff < 1e-5, loss_agg
+            assert other["loss"] == pytest.approx(one["loss"], rel=1e-5), loss_agg
+        losses.append(one["loss"])
+    assert len(set(losses)) == 3  # the three modes are three different objectives
 
 
 def test_nonfinite_gradient_skips_the_update_and_keeps_weights():
@@ -320,12 +337,12 @@ def no_math_verify(tmp_path):
     return {"PYTHONPATH": str(tmp_path / "hide")}
 
 
-def test_first_line_says_which_verifier_scores(base_model, tmp_path, no_math_verify):
+def test_first_line_says_which_verifier_scores(base_model, tmp_path, no_math_verify, capsys):
     args = ["--model", str(base_model / "base_model"), "--steps", "1", "--save_every", "0", *TINY]
     proc = run([*args, "--out_dir", str(tmp_path / "a"), "--verifier", "auto"], env=no_math_verify)
     assert proc.stdout.splitlines()[0] == "verifier: built-in rule (math-verify not installed)"
-    proc = run([*args, "--out_dir", str(tmp_path / "b"), "--verifier", "builtin"])
-    assert proc.stdout.splitlines()[0] == "verifier: built-in rule"
+    train.configure([*args, "--out_dir", str(tmp_path / "b"), "--verifier", "builtin"], 0, 1)
+    assert capsys.readouterr().out.splitlines()[0] == "verifier: built-in rule"
 
 
 def test_math_verify_asked_for_but_missing_fails_at_start(tmp_path, no_math_verify):
@@ -511,6 +528,7 @@ def test_a_reporter_package_that_is_missing_fails_at_start(tmp_path):
     proc = run(["--out_dir", str(tmp_path / "r"), "--report_to", "tensorboard", "--steps", "1", *TINY],
                check=False, env={"PYTHONPATH": str(tmp_path / "hide")})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "base_model").exists()  # it failed before building the model
     assert "--report_to tensorboard needs the tensorboard package; fix: pip install tensorboard" in proc.stderr
 
 
