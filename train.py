@@ -421,8 +421,8 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     per_update = B // cfg.updates_per_step
     mini_batches = [rows for _ in range(cfg.ppo_epochs)  # each (per_update,): rows of the batch
                     for rows in torch.randperm(B, device=mask.device).split(per_update)]
-    counts = all_reduce_sum({f"tokens_{u}": mask[rows].sum() for u, rows in enumerate(mini_batches)},
-                            device)  # the token count of mini-batch u over all ranks
+    counts = all_reduce_sum({f"tokens_{u}": mask[rows].sum()  # mini-batch u's tokens, all ranks
+                             for u, rows in enumerate(mini_batches)}, device)
     num_updates = len(mini_batches)
     loss_args = {"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "dual_clip": cfg.dual_clip,
                  "loss_agg": cfg.loss_agg, "num_seqs": per_update * world_size,
