@@ -178,14 +178,15 @@ def report(results: list[dict], args) -> str:
 
 
 # ----------------------------------------------------------------------------- figures
-def plot(results: list[dict], args) -> None:
+def plot(results: list[dict], args) -> list[str]:
+    """entropy.png, passk.png and passk_vs_entropy.png in --out_dir; returns the names written."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib not installed: no figures (the tables are in results.md)")
-        return
+        return []
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     fig, axes = plt.subplots(1, len(arms), figsize=(2.4 * len(arms), 2.6), sharey=True, squeeze=False)
     for ax, arm in zip(axes[0], arms):
@@ -227,6 +228,7 @@ def plot(results: list[dict], args) -> None:
     axes[0][0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out_dir, "passk_vs_entropy.png"), dpi=80)
+    return ["entropy.png", "passk.png", "passk_vs_entropy.png"]
 
 
 def main():
@@ -279,9 +281,10 @@ def main():
         f"({args.jobs} runs at a time, one thread each; runs found on disk are not re-timed)."
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(f"`{command.strip()}`\n\n{table}\n")
-    plot(results, args)
+    figures = plot(results, args)
     print(table)
-    print(f"\nwrote {args.out_dir}/results.md, results.json, entropy.png, passk.png, passk_vs_entropy.png")
+    print(f"\nwrote {args.out_dir}/results.md, results.json"
+          + "".join(f", {name}" for name in figures))
 
 
 if __name__ == "__main__":
