@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="HF hub name or local directory (a checkpoint)")
+    parser.add_argument("--attn_implementation", default=None,
+                        help="eager | sdpa | flash_attention_2 | ...; default: FlashAttention 2 on GPUs, "
+                             "else the model's own")
     parser.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math | dapo-math | FILE")
     parser.add_argument("--split", default="test", help="split of a hub data set")
     parser.add_argument("--limit", type=int, default=200, help="number of problems (0: all)")
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     from data import default_max_new_tokens, load_problems
     from distributed import setup_distributed, teardown_distributed
     from reward import make_verifier
-    from rollout import format_prompts, load_policy
+    from rollout import PolicyError, format_prompts, load_policy
 
     try:
         reward_fn, verifier_note = make_verifier(args.verifier)
@@ -187,14 +190,19 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"verifier: {verifier_note}", flush=True)
     torch.manual_seed(args.seed + rank)
     # each rank holds a whole copy (no optimizer, no gradients): bf16 on a GPU, fp32 on a CPU
-    model, tokenizer = load_policy(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        model, tokenizer = load_policy(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                                       args.attn_implementation)
+    except PolicyError as e:  # a model this code cannot run as asked: one line, and what to try
+        parser.exit(2, f"error: {e}\n" if rank == 0 else "")
     model.eval()
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
                              limit=args.limit or None)
     problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
     max_new = args.max_new_tokens or default_max_new_tokens(args.dataset)
     if rank == 0:
-        print(f"pass@k of {args.model}: {len(problems)} prompts x {args.n} samples x <= {max_new} tokens, "
+        print(f"pass@k of {args.model} ({model.config.model_type}, {model.config._attn_implementation} "
+              f"attention): {len(problems)} prompts x {args.n} samples x <= {max_new} tokens, "
               f"over {world} rank(s) on {device.type}", flush=True)
     result = evaluate_on_ranks(model, tokenizer, problems, reward_fn, args.n, ks, max_new,
                                temperature=args.temperature, top_p=args.top_p,

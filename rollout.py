@@ -152,26 +152,67 @@ def fused_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
 
 
 # ----------------------------------------------------------------------------- the policy
-def load_policy(name_or_path: str, device: torch.device | None = None, dtype: torch.dtype = torch.float32):
+class PolicyError(ValueError):
+    """A model this code cannot run as asked; the message names the model type and the flag to try."""
+
+
+def load_policy(name_or_path: str, device: torch.device | None = None, dtype: torch.dtype = torch.float32,
+                attn_implementation: str | None = None):
     """Any HF causal LM and its tokenizer, on `device`, ready for left-padded batched generation.
 
     Training keeps fp32 master weights (bf16 compute comes from autocast or FSDP mixed precision);
     evaluation on a GPU uses bf16. The checkpoint is read in its own dtype, which keeps its
     safetensors memory-mapped (ranks on one host share those pages), and converted to `dtype` on
     `device`: no rank builds a private fp32 copy in host memory on its way to a GPU.
-    flash-attention 2 is used on GPUs when transformers reports it usable.
+    Attention: see `attention_implementation`; `model.config._attn_implementation` says which runs.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import is_flash_attn_2_available
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    attn = attention_implementation(AutoConfig.from_pretrained(name_or_path), device, attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # Llama-style tokenizers have none; the loss mask never uses it
         tokenizer.pad_token = tokenizer.eos_token
-    attn = "flash_attention_2" if device.type == "cuda" and is_flash_attn_2_available() else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto", attn_implementation=attn)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto",
+                                                 **({} if attn is None else {"attn_implementation": attn}))
     return model.to(device=device, dtype=dtype), tokenizer
+
+
+def attention_implementation(config, device: torch.device, requested: str | None = None) -> str | None:
+    """The attention a model of this `config` is loaded with; None: the model's own default.
+
+    `requested` (--attn_implementation) when the model supports it. Otherwise flash-attention 2 on
+    a GPU when the model supports it and the flash_attn package is installed, else the model's own
+    default (sdpa for most, eager for Gemma 2 and GPT-OSS, whose attention sdpa cannot compute).
+    What the model cannot run is a `PolicyError` naming the model type and what to try instead,
+    raised before any weight is read.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers.utils import is_flash_attn_2_available
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is None:
+        raise PolicyError(f"{config.model_type}: transformers has no causal LM for this model type "
+                          f"(AutoModelForCausalLM cannot load it); --model needs a decoder-only LM")
+    # FlashAttention 2 itself: models that name other flash kernels (GPT-OSS's attention sinks)
+    # would be switched to a kernel downloaded from the hub
+    own_kernels = getattr(model_class, "_compatible_flash_implementations", None) or ["flash_attention_2"]
+    supported = {"sdpa": model_class._supports_sdpa, "eager": True,
+                 "flash_attention_2": model_class._supports_flash_attn and "flash_attention_2" in own_kernels,
+                 "flex_attention": model_class._supports_flex_attn}
+    flash = supported["flash_attention_2"] and device.type == "cuda" and is_flash_attn_2_available()
+    if requested is None:
+        return "flash_attention_2" if flash else None
+    if requested == "flash_attention_2" and supported[requested] and not flash:
+        raise PolicyError("--attn_implementation flash_attention_2 needs a GPU and the flash_attn "
+                          "package (pip install flash-attn); try --attn_implementation sdpa")
+    if not supported.get(requested, True):  # names we do not know go to transformers as they are
+        options = " or ".join(name for name, ok in supported.items() if ok and name != requested)
+        raise PolicyError(f"{config.model_type} does not support --attn_implementation {requested}; "
+                          f"try --attn_implementation {options}, or leave it unset (the model's own "
+                          f"default)")
+    return requested
 
 
 def format_prompts(problems: list[dict], tokenizer, chat_template: str = "auto",

@@ -58,8 +58,8 @@ from loss import (COV_METHODS, LOSS_AGG_MODES, group_advantages, groups_with_sig
                   truncated_is_weights)
 from reward import make_verifier, math_reward, overlong_penalty
 from testbed import is_testbed_model
-from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, length_sorted,
-                     load_policy, policy_logprobs_and_entropy, sampler_mismatch,
+from rollout import (PolicyError, Rollouts, concat_rollouts, format_prompts, generate_rollouts,
+                     length_sorted, load_policy, policy_logprobs_and_entropy, sampler_mismatch,
                      sequence_logprobs_and_entropy, stop_token_ids)
 
 
@@ -95,6 +95,8 @@ class Config:
     # --- model and data
     model: str = "embedded"
     """'embedded' (testbed.py's tiny Qwen2, warm-started) or an HF hub name or local directory"""
+    attn_implementation: str | None = None
+    """eager | sdpa | flash_attention_2 | ...; None: FlashAttention 2 on GPUs, else model default"""
     dataset: str = "arithmetic"
     """arithmetic | gsm8k | math | dapo-math | a .jsonl/.json/.parquet file"""
     eval_dataset: str | None = None
@@ -726,7 +728,13 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
             build_base_model(initial_path, cfg.seed, cfg.warm_start_steps)
         if dist.is_initialized():
             dist.barrier()
-    model, tokenizer = load_policy(resume_from or initial_path, device)
+    try:
+        model, tokenizer = load_policy(resume_from or initial_path, device,
+                                       attn_implementation=cfg.attn_implementation)
+    except PolicyError as e:  # a model this code cannot run as asked: one line, and what to try
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     num_params = sum(p.numel() for p in model.parameters())
     if device.type == "cpu" and num_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # see SMALL_MODEL
@@ -739,7 +747,8 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
     held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
     ref_model = None
     if cfg.kl_coef > 0:  # a frozen copy of the starting policy
-        ref_model, _ = load_policy(initial_path, device)
+        ref_model, _ = load_policy(initial_path, device,
+                                   attn_implementation=cfg.attn_implementation)
         ref_model.requires_grad_(False)
     stop_ids = stop_token_ids(tokenizer, model)  # EOS and the chat template's end of turn
     if dist.is_initialized():  # FSDP2 under torchrun, one rank included
@@ -773,7 +782,8 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
         with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=2)
         print(f"config: {json.dumps(dataclasses.asdict(cfg))}")
-        print(f"policy: {resume_from or initial_path} ({num_params / 1e6:.2f}M parameters), "
+        print(f"policy: {resume_from or initial_path} ({num_params / 1e6:.2f}M parameters, "
+              f"{model.config.model_type}, {model.config._attn_implementation} attention), "
               f"{len(problems)} training / {len(held_out)} held-out problems, {world_size} "
               f"rank(s) on {device.type}"
               + (f", resuming at step {start_step}" if resume_from else ""))
