@@ -349,11 +349,11 @@ def generate_rollouts(model, tokenizer, prompts: list[str], group_size: int, max
     """Sample `group_size` completions for each prompt with `model.generate` (KV cache on).
 
     Prompts are tokenized with left padding so that every row's completion starts at the same
-    column. Each prompt is prefilled once (`shared_prefill`), and its KV cache repeated for its
-    `group_size` completions. Sampling is pure temperature / top-p, exactly what the loss assumes:
-    the checkpoint's
-    own generation_config (repetition_penalty, top_k, min_p, ... which instruct models often set)
-    is set aside for the call. Completions end at any of `stop_ids` (default `stop_token_ids`).
+    column. Each prompt is prefilled once and its KV cache repeated for its `group_size`
+    completions, where the model's cache allows it (`shared_prefill`). Sampling is pure
+    temperature / top-p, exactly what the loss assumes: the checkpoint's own generation_config
+    (repetition_penalty, top_k, min_p, ... which instruct models often set) is set aside for the
+    call. Completions end at any of `stop_ids` (default `stop_token_ids`).
     `synced_gpus=False`: transformers would otherwise all-reduce at every decoding step of an
     FSDP model, and ranks that call `generate` a different number of times would deadlock.
     """
@@ -392,20 +392,53 @@ def shared_prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, g
 
     `generate` would otherwise run the whole prompt through the model once per completion: G times
     the prefill's work. From the cache it runs only the last prompt token, then decodes as before;
-    the logits it samples from are the same up to float rounding (tests/test_rollout.py), and the
-    random draws are the same ones. prompt_ids, prompt_mask: (P, L), left-padded, one row a prompt.
+    the logits it samples from are the same up to float rounding, and the random draws are the same
+    ones (tests/test_architectures.py, family by family). prompt_ids, prompt_mask: (P, L),
+    left-padded, one row a prompt.
+
+    Only caches made of `REPEATABLE_CACHE_LAYERS` are shared; for any other model (linear
+    attention, convolution and state-space layers, whose states `batch_repeat_interleave` leaves
+    unrepeated) this returns {}, `generate` prefills every completion itself, and a note says so
+    once per model type.
     """
     import inspect
 
+    from transformers import DynamicCache
+
     if group_size < 2 or prompt_ids.shape[1] < 2:
+        return {}
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))  # as `generate` builds it
+    unproven = sorted({type(layer).__name__ for layer in cache.layers} - set(REPEATABLE_CACHE_LAYERS))
+    unrepeatable = f"cache layers {', '.join(unproven)}" if unproven else None
+    if not model._supports_default_dynamic_cache():  # MiniMax, RWKV, xLSTM
+        unrepeatable = "a cache class of its own"
+    if unrepeatable:
+        note_once(f"note: {model.config.model_type}: {unrepeatable} cannot be repeated across a group; "
+                  "each completion prefills its own prompt (plain generate)")
         return {}
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # as `generate` builds them
-    output = model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1],
-                   position_ids=position_ids[:, :-1], use_cache=True, logits_to_keep=1)
-    cache = output[name]
+    model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=position_ids[:, :-1],
+          use_cache=True, logits_to_keep=1, **{name: cache})
     cache.batch_repeat_interleave(group_size)  # (P, ...) -> (P x G, ...), a prompt's rows adjacent
     return {name: cache}
+
+
+# Cache layers that hold nothing but keys and values (and a sliding window's token count, one for
+# the whole batch), so that repeating the batch rows repeats all they hold. Compared by exact
+# class: hybrid layers inherit `batch_repeat_interleave` from these and would repeat only their
+# keys and values, not their convolution or recurrent states.
+REPEATABLE_CACHE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+_NOTED: set[str] = set()
+
+
+def note_once(message: str) -> None:
+    """Print `message` the first time it comes, on the first rank only."""
+    import torch.distributed as dist
+
+    if message not in _NOTED and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(message, flush=True)
+    _NOTED.add(message)
 
 
 # ----------------------------------------------------------------------------- the policy's view
