@@ -451,9 +451,10 @@ def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     lm_head) with `logits_to_keep=1`, so its own lm_head computes one position only. A forward
     hook on the decoder keeps its final, normed hidden states, and only those: asking for
     `output_hidden_states` would hold every layer's states alive (tens of GB at 7B). The fused
-    head then scores them. Position ids come from the attention mask, as `generate` builds them.
-    Columns that are padding in every row are dropped first (`trim_left_padding`): they change
-    nothing but the cost.
+    head then scores them, with what the model's forward does after its lm_head: a constant scale
+    (`LOGIT_SCALES`: Falcon-H1, Granite, Cohere) or Gemma's soft-cap. Position ids come from the
+    attention mask, as `generate` builds them. Columns that are padding in every row are dropped
+    first (`trim_left_padding`): they change nothing but the cost.
     """
     input_ids, attention_mask = trim_left_padding(input_ids, attention_mask)
     captured = {}
@@ -473,17 +474,26 @@ def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     labels = input_ids[:, -T:]  # (B, T)
     head = model.get_output_embeddings()
     B, _, H = hidden.shape
+    scale = LOGIT_SCALES.get(model.config.model_type, lambda config: 1.0)(model.config)
     if getattr(head, "bias", None) is not None or getattr(model.config, "final_logit_softcapping", None):
-        logits = head(hidden)  # (B, T, V)
+        logits = head(hidden) * scale  # (B, T, V)
         if getattr(model.config, "final_logit_softcapping", None):
             cap = model.config.final_logit_softcapping
             logits = torch.tanh(logits / cap) * cap
         logp, entropy = logprobs_and_entropy((logits / temperature).reshape(B * T, -1),
                                              labels.reshape(-1), chunk_size)
     else:
+        # (h W^T) s / T = h W^T / (T / s): the scale folds into the temperature
         logp, entropy = fused_logprobs_and_entropy(hidden.reshape(B * T, H), head.weight,
-                                                   labels.reshape(-1), chunk_size, temperature)
+                                                   labels.reshape(-1), chunk_size, temperature / scale)
     return logp.view(B, T), entropy.view(B, T)
+
+
+# Model type -> the constant its forward multiplies the lm_head's output by (1 for all others).
+LOGIT_SCALES = {"falcon_h1": lambda config: config.lm_head_multiplier,
+                **dict.fromkeys(("granite", "granitemoe", "granitemoeshared", "granitemoehybrid"),
+                                lambda config: 1 / config.logits_scaling),
+                **dict.fromkeys(("cohere", "cohere2"), lambda config: config.logit_scale)}
 
 
 def trim_left_padding(input_ids: torch.Tensor,
