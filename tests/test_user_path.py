@@ -84,6 +84,18 @@ def test_readme_and_docstring_eval_commands_run_on_checkpoints_latest(runs, tmp_
     assert json.load(open(tmp_path / "r.json"))["summary"]["n"] == 16
 
 
+def test_train_reads_checkpoints_latest_as_the_step_it_names(tmp_path):
+    """train.py --model runs/X/checkpoints/latest: the step_N/ it names, read before the defaults
+    are chosen (a checkpoint of the built-in model keeps the built-in model's tuned values)."""
+    step = tmp_path / "runs" / "x" / "checkpoints" / "step_000002"
+    step.mkdir(parents=True)
+    (step / "config.json").write_text(json.dumps({"es_testbed": "digit-sum"}))
+    (step.parent / "latest").write_text("step_000002\n")
+    cfg, _, _ = train.configure(["--model", str(step.parent / "latest"), "--out_dir",
+                                 str(tmp_path / "out"), *FAST], 0, 1)
+    assert cfg.model == str(step) and cfg.lr == 2e-4
+
+
 def test_a_missing_model_directory_fails_in_one_line_before_anything_is_written(tmp_path, capsys):
     missing = str(tmp_path / "runs" / "nope" / "checkpoints" / "latest")
     with pytest.raises(SystemExit) as exit_:
