@@ -1,11 +1,14 @@
 """RL for LLMs with Entropy Scheduling: the one file that wires the concepts into a training loop.
 
-    python train.py                                  # the built-in testbed, on a laptop CPU
-    python train.py --loss grpo --schedule none      # plain GRPO: entropy free to collapse
-    python train.py --schedule constant              # DAPO with entropy held where it starts
+    python train.py                                    # the built-in testbed, runs/default, a CPU
+    python train.py --loss grpo --schedule none --out_dir runs/grpo   # plain GRPO: entropy falls
+    python train.py --schedule constant --out_dir runs/held   # DAPO, entropy held where it starts
+    python eval_passk.py --model runs/grpo/checkpoints/latest   # pass@k of its last checkpoint
     torchrun --standalone --nproc_per_node=8 train.py --model Qwen/Qwen2.5-Math-1.5B \\
         --dataset dapo-math --eval_dataset math --max_new_tokens 2048 \\
-        --micro_batch_size 4 --lr 1e-6                # one multi-GPU box, FSDP2
+        --micro_batch_size 4 --lr 1e-6 --out_dir runs/qwen-math   # one multi-GPU box, FSDP2
+
+An out_dir holds one run: run again with --resume to continue it, --overwrite to start over.
 
 One RL step, `rl_step` below (the numbers match README):
   1. prompts      curriculum.sample(n, phase)          phase = schedule.phase(step)
@@ -620,6 +623,11 @@ def check_out_dir(cfg: Config) -> None:
         raise ConfigError("--resume continues the run in --out_dir and --overwrite deletes it: "
                           "give one of them")
     found = run_files(cfg.out_dir)
+    model = os.path.abspath(cfg.model)
+    doomed = [os.path.abspath(os.path.join(cfg.out_dir, name)) for name in found]
+    if cfg.overwrite and any(model == d or model.startswith(d + os.sep) for d in doomed):
+        raise ConfigError(f"--model {cfg.model} lies in what --overwrite deletes from --out_dir "
+                          f"{cfg.out_dir}: copy it elsewhere first, or give a new --out_dir")
     if found and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"--out_dir {cfg.out_dir} already holds a run ({', '.join(found)}): "
                           "continue it with --resume, start it over with --overwrite (deletes "

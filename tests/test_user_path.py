@@ -84,6 +84,35 @@ def test_readme_and_docstring_eval_commands_run_on_checkpoints_latest(runs, tmp_
     assert json.load(open(tmp_path / "r.json"))["summary"]["n"] == 16
 
 
+def printed_commands(text: str, script: str) -> list[list[str]]:
+    """The arguments of every `python|torchrun ... SCRIPT ...` line in `text` (continuations
+    joined, comments dropped), in order; lines with a `...` placeholder are left out."""
+    commands = []
+    lines = text.replace("\\\\\n", " ").replace("\\\n", " ").replace("&&", "\n").splitlines()
+    for line in lines:
+        words = shlex.split(line.split("#")[0]) if f" {script} " in f" {line} " else []
+        if words and words[0] in ("python", "torchrun") and "..." not in words:
+            commands.append(words[words.index(script) + 1:])
+    return commands
+
+
+def test_every_train_command_of_the_docstring_and_readme_starts_after_the_ones_before(tmp_path,
+                                                                                     monkeypatch):
+    """Run one after another as printed, each train.py command passes start-up: its flags are
+    valid, and no command writes into a directory that one printed before it already holds."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = "\n".join(re.findall(r"```bash\n(.*?)```", f.read(), flags=re.S))
+    monkeypatch.chdir(tmp_path)
+    for text in (train.__doc__, readme):
+        commands = printed_commands(text, "train.py")
+        assert len(commands) >= 3
+        for args in commands:
+            cfg, _, _ = train.configure([*args, *FAST], 0, 1)  # exits (2) on a refusal
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            open(os.path.join(cfg.out_dir, "metrics.jsonl"), "w").close()  # as if it had run
+        shutil.rmtree(tmp_path / "runs")
+
+
 def test_train_reads_checkpoints_latest_as_the_step_it_names(tmp_path):
     """train.py --model runs/X/checkpoints/latest: the step_N/ it names, read before the defaults
     are chosen (a checkpoint of the built-in model keeps the built-in model's tuned values)."""
@@ -132,6 +161,11 @@ def test_a_second_run_into_the_same_out_dir_is_refused_and_loses_nothing(runs, c
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: --out_dir runs/default already holds a run (")
     assert "--resume" in err[0] and "--overwrite" in err[0] and "a new --out_dir" in err[0]
+    assert files_of(runs / "runs" / "default") == before
+    latest = str(runs / "runs" / "default" / "checkpoints" / "latest")  # nor may it delete its model
+    with pytest.raises(SystemExit):
+        train.main(["--model", latest, "--out_dir", str(runs / "runs" / "default"), "--overwrite"])
+    assert "lies in what --overwrite deletes" in capsys.readouterr().err
     assert files_of(runs / "runs" / "default") == before
 
 
