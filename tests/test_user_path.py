@@ -106,10 +106,15 @@ def test_every_train_command_of_the_docstring_and_readme_starts_after_the_ones_b
     for text in (train.__doc__, readme):
         commands = printed_commands(text, "train.py")
         assert len(commands) >= 3
+        out_dirs = []
         for args in commands:
             cfg, _, _ = train.configure([*args, *FAST], 0, 1)  # exits (2) on a refusal
             os.makedirs(cfg.out_dir, exist_ok=True)
             open(os.path.join(cfg.out_dir, "metrics.jsonl"), "w").close()  # as if it had run
+            out_dirs.append(cfg.out_dir)
+        for args in printed_commands(text, "eval_passk.py"):  # each evaluates a run printed above
+            model = args[args.index("--model") + 1]
+            assert model in [f"{out_dir}/checkpoints/latest" for out_dir in out_dirs], model
         shutil.rmtree(tmp_path / "runs")
 
 
