@@ -7,7 +7,8 @@
 Every source gives the same rows, {"prompt", "answer", "level"} (level: an integer difficulty or
 None; curriculum.py uses it as a prior). A local .jsonl / .json / .parquet file is validated row
 by row at the door: a missing field raises DataError naming the file, the line and the field.
-`default_max_new_tokens` is the completion budget each source needs.
+`default_max_new_tokens` is the completion budget each source needs, `default_system_prompt` the
+instruction it gets by default (train.py and eval_passk.py share both).
 
 Copyable with reward.py (MATH's answers are its last \\boxed{}); `datasets` and `pandas` are
 imported only when a hub set or a .parquet file is asked for.
@@ -32,6 +33,19 @@ def default_max_new_tokens(source: str) -> int:
 
         return MAX_NEW_TOKENS
     return 1024
+
+
+def default_system_prompt(source: str) -> str | None:
+    """The instruction put before each problem when --system_prompt is not given, the same for
+    training and evaluation: ask for \\boxed{} on real data (what the verifier reads first); nothing
+    on the built-in task (a plain number) and on DAPO-Math (its prompts carry their own).
+
+    >>> default_system_prompt("arithmetic"), "boxed" in default_system_prompt("problems.jsonl")
+    (None, True)
+    """
+    if source in ("arithmetic", "dapo-math"):
+        return None
+    return "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 def load_problems(source: str, split: str | None = None, prompt_field: str = "prompt",

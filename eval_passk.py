@@ -15,6 +15,11 @@ each other across checkpoints.
     torchrun --standalone --nproc_per_node=8 eval_passk.py --model Qwen/Qwen2.5-Math-1.5B \\
         --dataset math --split test --limit 500 --num_samples 16 --k 1,4,16 --out results.json
 
+A checkpoint written by train.py (`--model` its directory, or the `checkpoints/latest` that names
+it) is evaluated with the prompt format and sampling of its run, read from its train_config.json:
+chat template, system prompt, max_new_tokens, temperature and top_p, each overridden by its flag.
+Any other model gets the defaults train.py gives the same data set (`data.default_system_prompt`).
+
 Under torchrun the prompts are split across ranks (`evaluate_on_ranks`, which train.py uses too)
 and every rank gets the counts back in the problems' order. Left out: maj@k (majority voting) and
 temperature sweeps; pass@k at one temperature is what the paper's goals are stated in.
@@ -27,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -138,10 +145,25 @@ def evaluate_on_ranks(model, tokenizer, problems: list[dict], reward_fn, n: int,
             **summarize(correct, n, ks)}
 
 
+PROMPT_AND_SAMPLING = ("chat_template", "system_prompt", "max_new_tokens", "temperature", "top_p")
+
+
+def checkpoint_settings(model_path: str) -> dict:
+    """The prompt format and sampling a train.py checkpoint's run used (its train_config.json);
+    {} for any other model."""
+    path = os.path.join(model_path, "train_config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        config = json.load(f)
+    return {key: config[key] for key in PROMPT_AND_SAMPLING if key in config}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True, help="HF hub name or local directory (a checkpoint)")
+    parser.add_argument("--model", required=True,
+                        help="HF hub name, local directory, or a train.py run's checkpoints/latest")
     parser.add_argument("--attn_implementation", default=None,
                         help="eager | sdpa | flash_attention_2 | ...; default: FlashAttention 2 on GPUs, "
                              "else the model's own")
@@ -150,18 +172,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=200, help="number of problems (0: all)")
     parser.add_argument("--prompt_field", default="prompt")
     parser.add_argument("--answer_field", default="answer")
-    parser.add_argument("--chat_template", default="auto", choices=["auto", "none"])
-    parser.add_argument("--system_prompt", default=None, help="instruction put before each problem")
+    parser.add_argument("--chat_template", default=None, choices=["auto", "none"],
+                        help="auto: the tokenizer's chat template when it has one (None: the "
+                             "checkpoint's run's, else auto)")
+    parser.add_argument("--system_prompt", default=None,
+                        help="instruction put before each problem (None: the checkpoint's run's, "
+                             "else train.py's default for --dataset; '' for none)")
     parser.add_argument("--verifier", default="auto", choices=["builtin", "math-verify", "auto"],
                         help="auto: math-verify when installed, else the built-in rule")
     parser.add_argument("--n", "--num_samples", dest="n", type=int, default=16,
                         help="samples per problem (under torchrun write --num_samples: torchrun "
                              "itself takes --n as a prefix of its own --nnodes)")
     parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="None: the checkpoint's run's, else 1.0")
+    parser.add_argument("--top_p", type=float, default=None, help="None: the checkpoint's run's, else 1.0")
     parser.add_argument("--max_new_tokens", type=int, default=None,
-                        help="default: data.default_max_new_tokens (4 for arithmetic, 1024 otherwise)")
+                        help="None: the checkpoint's run's, else data.default_max_new_tokens (4 for "
+                             "arithmetic, 1024 otherwise)")
     parser.add_argument("--prompts_per_batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
@@ -176,10 +204,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from data import default_max_new_tokens, load_problems
+    from data import default_max_new_tokens, default_system_prompt, load_problems
     from distributed import setup_distributed, teardown_distributed
     from reward import make_verifier
-    from rollout import PolicyError, format_prompts, load_policy
+    from rollout import PolicyError, format_prompts, load_policy, resolve_model_path
+
+    try:  # a checkpoints/latest pointer: the step_N/ it names; a missing directory: one line
+        model_path = resolve_model_path(args.model)
+    except FileNotFoundError as e:
+        print(f"error: --model {e}", file=sys.stderr)
+        sys.exit(2)
+    recorded = checkpoint_settings(model_path)
+    defaults = {"chat_template": "auto", "system_prompt": default_system_prompt(args.dataset),
+                "max_new_tokens": default_max_new_tokens(args.dataset), "temperature": 1.0,
+                "top_p": 1.0}
+    for key in PROMPT_AND_SAMPLING:  # a flag, else the checkpoint's run, else the default
+        if getattr(args, key) is None:
+            setattr(args, key, recorded[key] if key in recorded else defaults[key])
 
     try:
         reward_fn, verifier_note = make_verifier(args.verifier)
@@ -189,19 +230,33 @@ def main(argv: list[str] | None = None) -> dict:
     if rank == 0:
         print(f"verifier: {verifier_note}", flush=True)
     torch.manual_seed(args.seed + rank)
+    if rank == 0:
+        source = (f"{model_path}/train_config.json, the run's, where no flag is given" if recorded
+                  else f"defaults for --dataset {args.dataset} where no flag is given")
+        print(f"prompts and sampling ({source}): chat_template {args.chat_template}, "
+              f"system_prompt {args.system_prompt!r}, max_new_tokens {args.max_new_tokens}, "
+              f"temperature {args.temperature}, top_p {args.top_p}", flush=True)
     # each rank holds a whole copy (no optimizer, no gradients): bf16 on a GPU, fp32 on a CPU
     try:
-        model, tokenizer = load_policy(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
+        model, tokenizer = load_policy(model_path, device,
+                                       torch.bfloat16 if device.type == "cuda" else torch.float32,
                                        args.attn_implementation)
     except PolicyError as e:  # a model this code cannot run as asked: one line, and what to try
-        parser.exit(2, f"error: {e}\n" if rank == 0 else "")
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a hub name that is not there, no network, a gated model
+        if rank == 0:
+            print(f"error: --model {args.model}: {e}", file=sys.stderr)
+        sys.exit(2)
     model.eval()
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
                              limit=args.limit or None)
     problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
-    max_new = args.max_new_tokens or default_max_new_tokens(args.dataset)
+    max_new = args.max_new_tokens
     if rank == 0:
-        print(f"pass@k of {args.model} ({model.config.model_type}, {model.config._attn_implementation} "
+        named = args.model if model_path == args.model else f"{args.model} ({model_path})"
+        print(f"pass@k of {named} ({model.config.model_type}, {model.config._attn_implementation} "
               f"attention): {len(problems)} prompts x {args.n} samples x <= {max_new} tokens, "
               f"over {world} rank(s) on {device.type}", flush=True)
     result = evaluate_on_ranks(model, tokenizer, problems, reward_fn, args.n, ks, max_new,

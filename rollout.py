@@ -152,6 +152,37 @@ def fused_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
 
 
 # ----------------------------------------------------------------------------- the policy
+def resolve_model_path(name_or_path: str) -> str:
+    """What `from_pretrained` reads for a --model: a directory as it is; for a pointer file (a
+    checkpoint directory's `latest`, which holds the name of the newest `step_N/` beside it) the
+    directory it names; a hub name ("org/model") untouched. A path that is plainly local (absolute,
+    starting with "." or "~", or with two or more "/") and names no directory raises
+    FileNotFoundError "no such directory", before anything asks the hub.
+
+    >>> resolve_model_path("Qwen/Qwen2.5-Math-1.5B")
+    'Qwen/Qwen2.5-Math-1.5B'
+    """
+    import os
+
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        return name_or_path
+    if os.path.isfile(path):
+        with open(path, errors="replace") as f:
+            named = f.read(4096).strip()
+        target = os.path.join(os.path.dirname(path), named)
+        if named and "\n" not in named and os.path.isdir(target):
+            return target
+        if named and "\n" not in named and len(named) < 256:
+            raise FileNotFoundError(f"{name_or_path} names {named!r}, but {target} is no directory")
+        raise FileNotFoundError(f"{name_or_path} is a file, not a model directory or a pointer to one")
+    local = (os.path.isabs(path) or name_or_path.startswith((".", "~"))
+             or name_or_path.count("/") >= 2 or "\\" in name_or_path)
+    if local:
+        raise FileNotFoundError(f"{name_or_path}: no such directory")
+    return name_or_path
+
+
 class PolicyError(ValueError):
     """A model this code cannot run as asked; the message names the model type and the flag to try."""
 
@@ -169,6 +200,7 @@ def load_policy(name_or_path: str, device: torch.device | None = None, dtype: to
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name_or_path = resolve_model_path(name_or_path)  # a checkpoints/latest pointer: its step_N/
     attn = attention_implementation(AutoConfig.from_pretrained(name_or_path), device, attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     tokenizer.padding_side = "left"

@@ -1,11 +1,14 @@
 """RL for LLMs with Entropy Scheduling: the one file that wires the concepts into a training loop.
 
-    python train.py                                  # the built-in testbed, on a laptop CPU
-    python train.py --loss grpo --schedule none      # plain GRPO: entropy free to collapse
-    python train.py --schedule constant              # DAPO with entropy held where it starts
+    python train.py                                    # the built-in testbed, runs/default, a CPU
+    python train.py --loss grpo --schedule none --out_dir runs/grpo   # plain GRPO: entropy falls
+    python train.py --schedule constant --out_dir runs/held   # DAPO, entropy held where it starts
+    python eval_passk.py --model runs/grpo/checkpoints/latest   # pass@k of its last checkpoint
     torchrun --standalone --nproc_per_node=8 train.py --model Qwen/Qwen2.5-Math-1.5B \\
         --dataset dapo-math --eval_dataset math --max_new_tokens 2048 \\
-        --micro_batch_size 4 --lr 1e-6                # one multi-GPU box, FSDP2
+        --micro_batch_size 4 --lr 1e-6 --out_dir runs/qwen-math   # one multi-GPU box, FSDP2
+
+An out_dir holds one run: run again with --resume to continue it, --overwrite to start over.
 
 One RL step, `rl_step` below (the numbers match README):
   1. prompts      curriculum.sample(n, phase)          phase = schedule.phase(step)
@@ -48,7 +51,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from curriculum import TwoPhaseCurriculum
-from data import DataError, default_max_new_tokens, load_problems
+from data import DataError, default_max_new_tokens, default_system_prompt, load_problems
 from distributed import (all_gather_list, all_reduce_sum, autocast, generation_mode,
                          setup_distributed, shard_model, teardown_distributed)
 from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError,
@@ -56,11 +59,12 @@ from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingE
 from eval_passk import describe, evaluate_on_ranks
 from loss import (COV_METHODS, LOSS_AGG_MODES, group_advantages, groups_with_signal, policy_loss,
                   truncated_is_weights)
-from reward import make_verifier, math_reward, overlong_penalty
+from reward import extract_answer, make_verifier, math_reward, overlong_penalty
 from testbed import is_testbed_model
 from rollout import (PolicyError, Rollouts, concat_rollouts, format_prompts, generate_rollouts,
-                     length_sorted, load_policy, policy_logprobs_and_entropy, sampler_mismatch,
-                     sequence_logprobs_and_entropy, stop_token_ids)
+                     length_sorted, load_policy, policy_logprobs_and_entropy,
+                     resolve_model_path, sampler_mismatch, sequence_logprobs_and_entropy,
+                     stop_token_ids)
 
 
 # ============================================================================ configuration
@@ -74,7 +78,11 @@ class Config:
     steps: int = 200
     """RL steps (one rollout batch each)"""
     resume: bool = False
-    """continue from out_dir/checkpoints/latest if there is one"""
+    """continue the run in out_dir from checkpoints/latest (from step 0 if it has none)"""
+    overwrite: bool = False
+    """start over in an out_dir that holds a run: delete its metrics, samples, config, summary,
+    plot and checkpoints first (base_model/ is kept); without it, or --resume, such an out_dir is
+    refused"""
     save_every: int = 50
     """checkpoint every N steps (and always at the end); 0: only at the end"""
     eval_every: int = 0
@@ -94,7 +102,8 @@ class Config:
 
     # --- model and data
     model: str = "embedded"
-    """'embedded' (testbed.py's tiny Qwen2, warm-started) or an HF hub name or local directory"""
+    """'embedded' (testbed.py's tiny Qwen2, warm-started), an HF hub name, a local directory, or a
+    checkpoints/latest pointer"""
     attn_implementation: str | None = None
     """eager | sdpa | flash_attention_2 | ...; None: FlashAttention 2 on GPUs, else model default"""
     dataset: str = "arithmetic"
@@ -113,7 +122,8 @@ class Config:
     """auto: apply the tokenizer's chat template when it has one; none: raw prompts"""
     system_prompt: str | None = None
     """instruction before each problem; None: ask for \\boxed{} on real data, nothing on
-    arithmetic and dapo-math (whose prompts carry their own)"""
+    arithmetic and dapo-math (whose prompts carry their own): data.default_system_prompt, which
+    eval_passk.py uses too"""
     verifier: str = "auto"
     """builtin | math-verify | auto (math-verify when installed, else the built-in rule)"""
 
@@ -250,7 +260,8 @@ class Config:
             lr_warmup_steps=pick(self.lr_warmup_steps, 0 if builtin else 10),
             updates_per_step=pick(self.updates_per_step, 4 if builtin else
                                   next(u for u in (4, 2, 1) if per_rank % u == 0)),
-            micro_batch_size=pick(self.micro_batch_size, 32 if builtin else 4))
+            micro_batch_size=pick(self.micro_batch_size, 32 if builtin else 4),
+            system_prompt=pick(self.system_prompt, default_system_prompt(self.dataset)))
 
 
 # ============================================================================ the RL step
@@ -276,6 +287,8 @@ class Run:
     world_size: int = 1
     ref_model: torch.nn.Module | None = None  # frozen initial policy, when kl_coef > 0
     no_signal_steps: int = 0  # consecutive steps in which no group had any reward variance
+    steps_run: int = 0  # RL steps this process has run (the first one is diagnosed at once)
+    warned_cut: bool = False  # said that --max_new_tokens cuts the answers off
     nonfinite_skipped: int = 0  # updates skipped for a non-finite gradient norm
     verifier: str = ""  # which verifier scores, for messages
     reporter: "Reporter | None" = None  # TensorBoard / W&B, with --report_to
@@ -312,7 +325,8 @@ def rl_step(run: Run, step: int) -> dict:
                            "reward": sampling.pop("reward_sum"), "sequences": rewards.numel(),
                            "correct": sampling.pop("correct_sum"), "batch_reward": rewards.sum(),
                            "mismatch": sampler_mismatch(rollouts, old_logprobs).sum(),
-                           "zero_std_frac": sampling.pop("groups/zero_std_frac"), **tis},
+                           "zero_std_frac": sampling.pop("groups/zero_std_frac"),
+                           **cut_off(rollouts, cfg.max_new_tokens, run.stop_ids), **tis},
                           run.device)
     measured = sums["entropy"] / sums["tokens"]
     # 6. control: the schedule's target H*(s), and the knob that moves entropy toward it
@@ -337,7 +351,7 @@ def rl_step(run: Run, step: int) -> dict:
         tis = {"rollout/is_weight": sums["is_weight"] / sums["tokens"]}
     # 8. log
     zero_std_frac = sums["zero_std_frac"] / run.world_size  # every rank has as many groups
-    warn_when_no_signal(run, zero_std_frac)
+    warn_when_no_signal(run, step, zero_std_frac, sums)
     return {"step": step, "reward/mean": sums["reward"] / sums["sequences"],
             "reward/accuracy": sums["correct"] / sums["sequences"],
             "reward/batch_mean": sums["batch_reward"] / sums["sequences"],
@@ -345,6 +359,7 @@ def rl_step(run: Run, step: int) -> dict:
             "entropy/knob_name": run.controller.name, "entropy/track_err": track_err,
             **{f"entropy/track_err_{p}": v for p, v in run.tracker.summary().items()},
             **update, "response_length/mean": sums["tokens"] / sums["sequences"],
+            "response_length/clip_ratio": sums["cut"] / sums["sequences"],
             "tokens": sums["tokens"], "rollout/logp_mismatch": sums["mismatch"] / sums["tokens"],
             **tis, "lr": lr, "groups/zero_std_frac": zero_std_frac, **sampling,
             "curriculum/phase": phase, **run.curriculum.stats(),
@@ -564,8 +579,11 @@ def configure(argv: list[str], rank: int, world_size: int) -> tuple[Config, Call
 
     hf_logging.disable_progress_bar()  # our own bars only
     try:
-        cfg = parse_config(argv).resolved(world_size)
+        cfg = parse_config(argv)
+        cfg.model = model_path(cfg.model)  # before `resolved`, which reads the model's config
+        cfg = cfg.resolved(world_size)
         validate(cfg, world_size)
+        check_out_dir(cfg)
         reward_fn, verifier = make_verifier(cfg.verifier)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         if rank == 0:
@@ -574,6 +592,49 @@ def configure(argv: list[str], rank: int, world_size: int) -> tuple[Config, Call
     if rank == 0:
         print(f"verifier: {verifier}", flush=True)  # the first line: who scores this run
     return cfg, reward_fn, verifier
+
+
+def model_path(model: str) -> str:
+    """--model as `from_pretrained` reads it: a checkpoints/latest pointer becomes the step_N/ it
+    names; a local path that is no directory fails here, before anything is written."""
+    if model == "embedded":
+        return model
+    try:
+        return resolve_model_path(model)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--model {e}") from None
+
+
+RUN_FILES = ("metrics.jsonl", "samples.jsonl", "config.json", "summary.json", "metrics.png",
+             "checkpoints", "tensorboard", "wandb")  # what a run writes in out_dir
+
+
+def run_files(out_dir: str) -> list[str]:
+    """The files of a run already in `out_dir` (an empty checkpoints/ does not count)."""
+    found = []
+    for name in RUN_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and os.listdir(path) or os.path.isfile(path):
+            found.append(name)
+    return found
+
+
+def check_out_dir(cfg: Config) -> None:
+    """One run per out_dir: a directory that holds a run's files is continued (--resume) or
+    started over (--overwrite), never written over by accident."""
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume continues the run in --out_dir and --overwrite deletes it: "
+                          "give one of them")
+    found = run_files(cfg.out_dir)
+    model = os.path.abspath(cfg.model)
+    doomed = [os.path.abspath(os.path.join(cfg.out_dir, name)) for name in found]
+    if cfg.overwrite and any(model == d or model.startswith(d + os.sep) for d in doomed):
+        raise ConfigError(f"--model {cfg.model} lies in what --overwrite deletes from --out_dir "
+                          f"{cfg.out_dir}: copy it elsewhere first, or give a new --out_dir")
+    if found and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"--out_dir {cfg.out_dir} already holds a run ({', '.join(found)}): "
+                          "continue it with --resume, start it over with --overwrite (deletes "
+                          "those; base_model/ is kept), or give a new --out_dir")
 
 
 def parse_config(argv: list[str]) -> Config:
@@ -717,15 +778,18 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sampling_rng = seed_everything(cfg.seed, rank)
-    os.makedirs(checkpoint_dir(cfg), exist_ok=True)
+    if cfg.overwrite and rank == 0:  # `check_out_dir` allowed it: the old run's files go first
+        remove_run_files(cfg.out_dir)
+    if dist.is_initialized():  # every rank checked out_dir (`configure`) before rank 0 writes
+        dist.barrier()
     resume_from = latest_checkpoint(cfg) if cfg.resume else None
+    if cfg.resume and resume_from is None and rank == 0:
+        print(f"note: --resume: no checkpoint in {checkpoint_dir(cfg)}, starting at step 0")
     initial_path = cfg.model
     if cfg.model == "embedded":
-        from testbed import build_base_model
-
         initial_path = os.path.join(cfg.out_dir, "base_model")
-        if rank == 0 and not os.path.exists(initial_path):
-            build_base_model(initial_path, cfg.seed, cfg.warm_start_steps)
+        if rank == 0:
+            ensure_base_model(initial_path, cfg.seed, cfg.warm_start_steps)
         if dist.is_initialized():
             dist.barrier()
     try:
@@ -735,14 +799,16 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a hub name that is not there, no network, a gated model
+        if rank == 0:
+            print(f"error: --model {cfg.model}: {e}", file=sys.stderr)
+        sys.exit(2)
+    os.makedirs(checkpoint_dir(cfg), exist_ok=True)
     num_params = sum(p.numel() for p in model.parameters())
     if device.type == "cpu" and num_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # see SMALL_MODEL
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
-    if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO: own
-        cfg.system_prompt = ("Please reason step by step, and put your final answer within "
-                             "\\boxed{}.")
     problems = format_prompts(problems, tokenizer, cfg.chat_template, cfg.system_prompt)
     held_out = format_prompts(held_out, tokenizer, cfg.chat_template, cfg.system_prompt)
     ref_model = None
@@ -796,6 +862,34 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
 SMALL_MODEL = 20_000_000  # parameters
 
 
+def remove_run_files(out_dir: str) -> None:
+    """--overwrite: delete what a run wrote in out_dir (`RUN_FILES`); base_model/ stays."""
+    for name in run_files(out_dir):
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    print(f"--overwrite: removed the previous run's files from {out_dir}")
+
+
+def ensure_base_model(path: str, seed: int, warm_start_steps: int) -> None:
+    """The built-in model's warm start, built once into out_dir/base_model and reused by later runs
+    there with the same --seed and --warm_start_steps (its warm_start.json says which it has)."""
+    from testbed import build_base_model
+
+    record = os.path.join(path, "warm_start.json")
+    if os.path.exists(record):
+        with open(record) as f:
+            built = json.load(f)
+        if (built.get("seed"), built.get("steps")) == (seed, warm_start_steps):
+            return
+        print(f"note: {path} was warm-started with seed {built.get('seed')} for "
+              f"{built.get('steps')} steps; building it again for seed {seed}, {warm_start_steps}")
+    shutil.rmtree(path, ignore_errors=True)
+    build_base_model(path, seed, warm_start_steps)
+
+
 def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     """(train problems, held-out problems), validated at the door."""
     limit = cfg.max_problems or None
@@ -839,13 +933,56 @@ NO_SIGNAL_MESSAGE = (
     "Verifier: {verifier}")
 
 
-def warn_when_no_signal(run: Run, zero_std_frac: float) -> None:
-    """Warn once when NO_SIGNAL_WARN_STEPS steps in a row had no group with reward variance."""
+CUT_MESSAGE = (
+    "step {step}: {unanswered:.0%} of the completions ({count} of {total}) were cut off at "
+    "--max_new_tokens {budget} with no answer in them ({cut:.0%} were cut in all): the verifier "
+    "cannot score an answer that was never written. Raise --max_new_tokens (worked solutions of "
+    "real problems need hundreds of tokens), or ask for shorter answers with --system_prompt. "
+    "What the model wrote: {samples}")
+FIRST_STEP_MESSAGE = (
+    "step {step}: no group's samples differ in reward (mean reward {reward:.2f}): the policy as "
+    "it is gives no learning signal on these prompts. Look at what the model wrote and what the "
+    "verifier read in it: {samples}; check --answer_field, --system_prompt / --chat_template and "
+    "--max_new_tokens {budget}. Verifier: {verifier}")
+
+
+def warn_when_no_signal(run: Run, step: int, zero_std_frac: float, sums: dict) -> None:
+    """Say at once what can be seen: most completions cut at --max_new_tokens without an answer
+    (once a run); no reward variance at all in the first step; and once more when
+    NO_SIGNAL_WARN_STEPS steps in a row had no group with reward variance. `sums` are the step's
+    totals over ranks ("sequences", "reward", "cut", "cut_unanswered")."""
     run.no_signal_steps = run.no_signal_steps + 1 if zero_std_frac == 1.0 else 0
-    if run.no_signal_steps == NO_SIGNAL_WARN_STEPS and run.rank == 0:
-        samples = os.path.join(run.cfg.out_dir, "samples.jsonl")
+    run.steps_run += 1
+    if run.rank != 0:
+        return
+    samples = os.path.join(run.cfg.out_dir, "samples.jsonl")
+    total, unanswered = sums["sequences"], sums["cut_unanswered"]
+    cut_warning = not run.warned_cut and unanswered >= total / 2
+    if cut_warning:
+        run.warned_cut = True
+        warnings.warn(CUT_MESSAGE.format(step=step, unanswered=unanswered / total,
+                                         count=int(unanswered), total=int(total),
+                                         budget=run.cfg.max_new_tokens, cut=sums["cut"] / total,
+                                         samples=samples))
+    elif run.steps_run == 1 and zero_std_frac == 1.0:
+        warnings.warn(FIRST_STEP_MESSAGE.format(step=step, reward=sums["reward"] / total,
+                                                samples=samples, budget=run.cfg.max_new_tokens,
+                                                verifier=run.verifier))
+    if run.no_signal_steps == NO_SIGNAL_WARN_STEPS:
         warnings.warn(NO_SIGNAL_MESSAGE.format(steps=run.no_signal_steps, verifier=run.verifier,
                                                samples=samples))
+
+
+def cut_off(rollouts: Rollouts, max_new_tokens: int, stop_ids: list[int]) -> dict[str, int]:
+    """How many completions hit --max_new_tokens without a stop token ("cut"), and how many of
+    those state no answer the built-in rule can read ("cut_unanswered")."""
+    lengths = rollouts.loss_mask.sum(dim=1)  # (B,)
+    last = rollouts.completion_ids.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]  # (B,)
+    stops = torch.tensor(stop_ids, device=last.device)
+    cut = ((lengths >= max_new_tokens) & ~torch.isin(last, stops)).tolist()
+    unanswered = [is_cut and extract_answer(text) is None
+                  for is_cut, text in zip(cut, rollouts.completions)]
+    return {"cut": sum(cut), "cut_unanswered": sum(unanswered)}
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -853,12 +990,38 @@ def checkpoint_dir(cfg: Config) -> str:
     return os.path.join(cfg.out_dir, "checkpoints")
 
 
+def checkpoint_steps(directory: str) -> dict[int, str]:
+    """{step: name} of the complete checkpoints in `directory`: step_N/ (N of any width), never a
+    step_N.tmp/ that a crash left half-written."""
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return {int(name[5:]): name for name in names
+            if name.startswith("step_") and name[5:].isdigit()
+            and os.path.isdir(os.path.join(directory, name))}
+
+
 def latest_checkpoint(cfg: Config) -> str | None:
-    pointer = os.path.join(checkpoint_dir(cfg), "latest")
-    if not os.path.exists(pointer):
-        return None
-    with open(pointer) as f:
-        return os.path.join(checkpoint_dir(cfg), f.read().strip())
+    """The checkpoint `latest` names; without that pointer, or if it names no directory, the
+    complete checkpoint of the highest step; None when there is none."""
+    directory = checkpoint_dir(cfg)
+    pointer = os.path.join(directory, "latest")
+    if os.path.exists(pointer):
+        with open(pointer) as f:
+            named = os.path.join(directory, f.read().strip())
+        if os.path.isdir(named):
+            return named
+    steps = checkpoint_steps(directory)
+    return os.path.join(directory, steps[max(steps)]) if steps else None
+
+
+def rotate_checkpoints(directory: str, step: int, keep: int = 2) -> None:
+    """Keep the `keep` newest checkpoints up to `step` (the one just written, which `latest`
+    names, is always among them), ordered by step number, not by name: step_1000000 is newer than
+    step_999999. Checkpoints of higher steps (left by another run in this directory) are not
+    this run's to delete."""
+    steps = checkpoint_steps(directory)
+    mine = sorted(s for s in steps if s <= step)
+    for old in mine[:-keep]:
+        shutil.rmtree(os.path.join(directory, steps[old]), ignore_errors=True)
 
 
 def save_checkpoint(run: Run, step: int) -> None:
@@ -867,7 +1030,9 @@ def save_checkpoint(run: Run, step: int) -> None:
     A crash at any moment leaves `latest` pointing to a complete checkpoint. The model is an HF
     directory (`AutoModelForCausalLM.from_pretrained(path)` loads it); optimizer.pt holds the full
     optimizer state (read by rank 0 alone on resume, then broadcast); trainer_state.pt is small:
-    every rank's random streams and the schedule / controller / curriculum / tracker.
+    every rank's random streams and the schedule / controller / curriculum / tracker;
+    train_config.json is the run's config, whose prompt format and sampling eval_passk.py uses.
+    Two checkpoints are kept (`rotate_checkpoints`).
     """
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
@@ -896,15 +1061,15 @@ def save_checkpoint(run: Run, step: int) -> None:
                     "curriculum": run.curriculum.state_dict(),
                     "tracker": run.tracker.state_dict(), "nonfinite_skipped": run.nonfinite_skipped,
                     "config": dataclasses.asdict(run.cfg)}, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "train_config.json"), "w") as f:  # eval_passk.py reads the
+            json.dump(dataclasses.asdict(run.cfg), f, indent=2)  # prompt format and sampling here
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         pointer = os.path.join(checkpoint_dir(run.cfg), "latest")
         with open(pointer + ".tmp", "w") as f:
             f.write(name)
         os.replace(pointer + ".tmp", pointer)
-        steps = sorted(d for d in os.listdir(checkpoint_dir(run.cfg)) if d.startswith("step_"))
-        for old in steps[:-2]:  # keep two
-            shutil.rmtree(os.path.join(checkpoint_dir(run.cfg), old), ignore_errors=True)
+        rotate_checkpoints(checkpoint_dir(run.cfg), step, keep=2)
     if dist.is_initialized():
         dist.barrier()
 
@@ -1019,7 +1184,9 @@ def finish(run: Run, metrics_path: str) -> None:
     print(text_plot({"-": [r["entropy/target"] for r in rows], "*": [r["entropy"] for r in rows]},
                     "entropy (*) and its target (-), nats"))
     print(text_plot({"*": [r["reward/mean"] for r in rows]}, "mean reward (*)"))
-    plot_metrics(rows, os.path.join(run.cfg.out_dir, "metrics.png"))
+    if not plot_metrics(rows, os.path.join(run.cfg.out_dir, "metrics.png")):
+        print("metrics.png not drawn: matplotlib is not installed (pip install matplotlib); the "
+              "text plots above show the same")
 
 
 class Reporter:
@@ -1107,14 +1274,15 @@ def nan_for_none(value):
     return math.nan if value is None else value
 
 
-def plot_metrics(rows: list[dict], png_path: str) -> None:
-    """Entropy vs target, reward and the knob over steps, when matplotlib is installed."""
+def plot_metrics(rows: list[dict], png_path: str) -> bool:
+    """Entropy vs target, reward and the knob over steps, when matplotlib is installed; returns
+    whether it drew them."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
+        return False
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].plot(steps, [r["entropy"] for r in rows], label="measured")
@@ -1128,6 +1296,7 @@ def plot_metrics(rows: list[dict], png_path: str) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

@@ -66,6 +66,11 @@ def main(argv=None):
     parser.add_argument("--metric", default="entropy", help="a key of metrics.jsonl to plot over steps")
     parser.add_argument("--png", default=None, help="also draw the metric into this PNG (matplotlib)")
     args = parser.parse_args(argv)
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401  (drawn below, after the table)
+        except ImportError:
+            parser.error("--png needs matplotlib: pip install matplotlib (or leave --png out)")
     rows = {os.path.basename(os.path.normpath(d)): load(d) for d in args.runs}
     print(table({name: summary(r) for name, r in rows.items()}))
     marks = {name: MARKS[i % len(MARKS)] for i, name in enumerate(rows)}

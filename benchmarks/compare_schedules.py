@@ -74,7 +74,7 @@ def run_arm(arm: str, seed: int, base: str, args) -> dict:
     if not (os.path.exists(os.path.join(out_dir, "summary.json")) and os.path.exists(wall_file)):
         command = [sys.executable, os.path.join(ROOT, "train.py"), "--model", base, "--seed", str(seed),
                    "--steps", str(args.steps), "--out_dir", out_dir, "--save_every", "0",
-                   "--eval_k", ",".join(map(str, KS)), "--eval_prompts", str(args.eval_prompts),
+                   "--overwrite", "--eval_k", ",".join(map(str, KS)), "--eval_prompts", str(args.eval_prompts),
                    "--eval_every", str(args.eval_every), *ARMS[arm], *args.extra]
         start = time.time()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # no oversubscription
@@ -185,7 +185,7 @@ def plot(results: list[dict], args) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no figures (the tables are in results.md)")
+        print("matplotlib not installed: no figures (pip install matplotlib; the tables are in results.md)")
         return []
     arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
     fig, axes = plt.subplots(1, len(arms), figsize=(2.4 * len(arms), 2.6), sharey=True, squeeze=False)

@@ -428,7 +428,8 @@ def train_summary(out_dir: str) -> tuple[str, dict]:
 
 def part_train(check: Check) -> dict:
     out_dir = os.path.join(check.work_dir, "train")
-    out = check.run("train", [check.python, "train.py", *check.sizes.train, "--out_dir", out_dir])
+    out = check.run("train", [check.python, "train.py", *check.sizes.train, "--out_dir", out_dir,
+                              "--overwrite"])
     return with_train_summary(out, out_dir)
 
 
@@ -438,7 +439,8 @@ def part_train_torchrun(check: Check) -> dict:
     start = ["--model", base] if os.path.exists(os.path.join(base, "config.json")) else []
     ranks = check.ranks()
     out = check.run("train_torchrun", [*check.torchrun(ranks), "train.py",
-                                       *check.sizes.train_torchrun, "--out_dir", out_dir, *start])
+                                       *check.sizes.train_torchrun, "--out_dir", out_dir,
+                                       "--overwrite", *start])
     out = with_train_summary(out, out_dir)
     backend = "nccl" if check.on_gpu else "gloo"
     out["summary"] = f"FSDP2 over {ranks} rank(s), {backend}; " + out["summary"]

@@ -78,7 +78,7 @@ def run(name: str, seed: int, base: str | None, args) -> dict:
     if not done:
         command = [sys.executable, os.path.join(ROOT, "train.py"), "--seed", str(seed),
                    "--steps", str(args.steps), "--out_dir", out_dir, "--save_every", "0",
-                   *(["--model", base] if base else []), *RUNS[name], *args.extra]
+                   "--overwrite", *(["--model", base] if base else []), *RUNS[name], *args.extra]
         print(f"  {name:10s} seed {seed}: {' '.join(command[2:])}", flush=True)
         start = time.time()
         proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ONE_THREAD)

@@ -82,6 +82,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_torchrun_worker_does_not_outlive_the_time_limit(tmp_path):
     """torchrun starts each worker in a session of its own: killing torchrun's process group alone
     would leave the worker running (on a GPU machine: holding the GPU through every later part)."""
@@ -122,6 +123,7 @@ def test_without_a_gpu_the_gpu_check_says_to_use_cpu(tmp_path):
     assert "| 2 tests | not run |" in (tmp_path / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_cpu_mode_runs_every_part_and_prints_the_table_last(tmp_path):
     """The command CI runs: all six parts at tiny sizes, every command in its log, 8 files."""
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu", str(tmp_path)],

@@ -59,6 +59,7 @@ def runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("title, code", LABS[1:], ids=[title for title, _ in LABS[1:]])
 def test_lab_runs_as_written(runs, title, code):
     proc = subprocess.run(["bash", "-ec", tiny(code, runs)], cwd=ROOT, capture_output=True, text=True,

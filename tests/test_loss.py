@@ -191,6 +191,7 @@ def test_clip_high_mass_is_the_old_probability_of_the_tokens_clipped_at_the_uppe
     assert stats["clip_high_mass"] == 0.0 and stats["clipfrac_high"] == 0.0
 
 
+@pytest.mark.slow
 def test_clip_high_steers_a_reward_neutral_fork_only_when_ratios_move():
     """benchmarks/clip_high_fork_sim.py: a fork whose choice the reward ignores. With one pass the
     ratios stay inside [0.8, 1.28]: eps_high 0.28 and 1.0 give the same trajectory. With four

@@ -60,6 +60,7 @@ def test_load_policy_sets_pad_and_applies_chat_template(llama_dir):
     assert raw[0]["prompt"] == "Q"
 
 
+@pytest.mark.slow
 def test_train_two_steps_on_local_jsonl(llama_dir, data_file, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
@@ -82,6 +83,7 @@ def test_train_two_steps_on_local_jsonl(llama_dir, data_file, tmp_path):
     assert type(AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_000002")).__name__ == "LlamaForCausalLM"
 
 
+@pytest.mark.slow
 def test_eval_passk_cli_one_process_and_torchrun(llama_dir, data_file, tmp_path):
     args = ["eval_passk.py", "--model", str(llama_dir), "--dataset", str(data_file), "--prompt_field",
             "question", "--k", "1,2,4", "--max_new_tokens", "8", "--limit", "0"]
@@ -105,6 +107,7 @@ def test_eval_passk_cli_one_process_and_torchrun(llama_dir, data_file, tmp_path)
         assert all(set(s) >= {"prompt", "completion", "extracted", "reward"} for s in result["samples"])
 
 
+@pytest.mark.slow
 def test_a_small_real_run_starts_and_an_impossible_one_names_the_fix(llama_dir, data_file, tmp_path):
     common = [sys.executable, "train.py", "--model", str(llama_dir), "--dataset", str(data_file),
               "--prompt_field", "question", "--steps", "1", "--group_size", "2", "--max_new_tokens", "4",
@@ -137,6 +140,7 @@ def test_bad_data_file_fails_at_start(llama_dir, tmp_path):
     assert f"{bad}: line 2: missing field 'answer'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_eval_passk_runs_copied_with_rollout_and_reward_alone(llama_dir, data_file, tmp_path):
     """eval_passk.py imports no train.py: copied elsewhere with the files it names in its docstring
     (rollout.py, reward.py, data.py, distributed.py) it is a working tool."""

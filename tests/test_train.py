@@ -45,6 +45,7 @@ def base_model(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_default_run_writes_metrics_checkpoint_and_config(base_model):
     rows = metrics(base_model)
     assert [r["step"] for r in rows] == [0, 1]
@@ -74,6 +75,7 @@ def test_default_run_writes_metrics_checkpoint_and_config(base_model):
 @pytest.mark.parametrize("schedule, controller, loss", [("none", "pid", "grpo"),
                                                         ("constant", "skywork", "dr_grpo"),
                                                         ("cosine", "balance", "dapo")])
+@pytest.mark.slow
 def test_variants_run(base_model, tmp_path, schedule, controller, loss):
     run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
          "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum", "two-phase",
@@ -84,6 +86,7 @@ def test_variants_run(base_model, tmp_path, schedule, controller, loss):
     assert (rows[0]["entropy/target"] is None) == (schedule == "none")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_real_default(tmp_path):
     """`torchrun --nproc_per_node=2 train.py` at the real default (dynamic sampling on, 128 held-out
     prompts x 16, the full warm start): it hung until killed before `synced_gpus=False` and the
@@ -102,6 +105,7 @@ def test_torchrun_two_processes_real_default(tmp_path):
     assert model.config.architectures == ["Qwen2ForCausalLM"]
 
 
+@pytest.mark.slow
 def test_ranks_whose_work_differs_do_not_deadlock(tmp_path):
     """Rank 1 needs every dynamic-sampling round, rank 0 only the first; held-out sets of 3 and 1
     prompts over 2 ranks. Each rank calls `generate` a different number of times."""
@@ -184,6 +188,7 @@ def same_run(straight, resumed, from_step):
         assert not differ, f"step {a['step']}: {differ}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["python", "torchrun"])
 def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, launcher):
     """SIGKILL mid-run, --resume: the same prompts, samples and updates as a run never stopped.
@@ -206,6 +211,7 @@ def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, la
     assert len(state["rng"]) == (1 if launcher == "python" else 2)
 
 
+@pytest.mark.slow
 def test_resume_on_another_number_of_ranks_says_so_and_goes_on(base_model, tmp_path):
     args = ["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), *TINY, "--eval_prompts", "4"]
     run([*args, "--steps", "2"])  # 1 process, checkpoint at step 2
@@ -271,6 +277,7 @@ def test_config_file_and_flags(tmp_path):
         train.parse_config(["--config", str(path)])
 
 
+@pytest.mark.slow
 def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path):
     """One SGD update on a fixed batch: 1 process vs 2 FSDP ranks, micro-batches of 8 vs 1 vs 3,
     for each loss aggregation mode."""
@@ -337,6 +344,7 @@ def no_math_verify(tmp_path):
     return {"PYTHONPATH": str(tmp_path / "hide")}
 
 
+@pytest.mark.slow
 def test_first_line_says_which_verifier_scores(base_model, tmp_path, no_math_verify, capsys):
     args = ["--model", str(base_model / "base_model"), "--steps", "1", "--save_every", "0", *TINY]
     proc = run([*args, "--out_dir", str(tmp_path / "a"), "--verifier", "auto"], env=no_math_verify)
@@ -352,6 +360,7 @@ def test_math_verify_asked_for_but_missing_fails_at_start(tmp_path, no_math_veri
     assert "--verifier math-verify" in proc.stderr and "pip install math-verify" in proc.stderr
 
 
+@pytest.mark.slow
 def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
     """A wrong --answer_field (here: every reference is 'x') gives zero reward to every sample."""
     data = tmp_path / "data.jsonl"
@@ -365,6 +374,7 @@ def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
     assert "sample: " in proc.stdout
 
 
+@pytest.mark.slow
 def test_rl_step_benchmark_runs_on_a_cpu():
     """benchmarks/rl_step.py at its smallest: the same code path it measures at real sizes on GPUs."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rl_step.py"), "--shape", "tiny",
@@ -377,6 +387,7 @@ def test_rl_step_benchmark_runs_on_a_cpu():
     assert float(rows["step"][3]) > 0  # tokens/s
 
 
+@pytest.mark.slow
 def test_compare_schedules_benchmark_end_to_end(tmp_path):
     """benchmarks/compare_schedules.py at its smallest: base model, two arms, bootstrap table, fit."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare_schedules.py"),
@@ -424,6 +435,7 @@ def test_regime_checks_apply_their_thresholds():
     assert not regime.check_r3_pid(run(), run(track_anneal=None))[0]  # the anneal never reached
 
 
+@pytest.mark.slow
 def test_regime_benchmark_end_to_end(tmp_path):
     """benchmarks/regime.py at its smallest: one seed, R1 from a 2-step GRPO run, R2 from
     eval_passk.py on the base model."""
@@ -444,6 +456,7 @@ def test_regime_benchmark_end_to_end(tmp_path):
     assert results[1]["pass@16_base"] == base_eval["summary"]["pass@16"]
 
 
+@pytest.mark.slow
 def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
     """benchmarks/entropy_noise.py: with the output head zeroed every next-token distribution is
     uniform over the 15 tokens, so every batch reads log(15) nats exactly and the spread is 0."""
@@ -469,6 +482,7 @@ def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
 @pytest.mark.parametrize("flags", [["--tis_cap", "2", "--top_p", "0.8", "--cov_method", "clip-cov"],
                                    ["--cov_method", "kl-cov", "--cov_ratio", "0.01", "--lr_schedule", "cosine",
                                     "--lr_warmup_steps", "1"]])
+@pytest.mark.slow
 def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
     run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
          "--save_every", "0", *TINY, *flags])
@@ -480,6 +494,7 @@ def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
         assert [r["lr"] for r in rows] == pytest.approx([2e-4, 2e-4, 2e-5])
 
 
+@pytest.mark.slow
 def test_tensorboard_and_wandb_get_the_numbers_of_metrics_jsonl(base_model, tmp_path):
     pytest.importorskip("tensorboard")
     pytest.importorskip("wandb")
@@ -532,6 +547,7 @@ def test_a_reporter_package_that_is_missing_fails_at_start(tmp_path):
     assert "--report_to tensorboard needs the tensorboard package; fix: pip install tensorboard" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_is_refused_and_runs_nothing(base_model, tmp_path):
     """trainer_state.pt is read with weights_only=True: a pickle that calls a function on load (here
     one that would write a file) is refused with one line, and the function never runs."""

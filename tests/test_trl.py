@@ -123,6 +123,7 @@ def base_model(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_trl_applies_the_coefficient_the_callback_set(base_model, tmp_path):
     """A real GRPOTrainer: TRL logs the entropy_coef its loss used at each optimizer step; it
     must be the callback's knob of the step before (the controller's start, 0.0, at the first)."""
@@ -144,6 +145,7 @@ def test_trl_applies_the_coefficient_the_callback_set(base_model, tmp_path):
     assert all(knob > 0 for knob in set_by_callback)  # entropy below target: a bonus
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("controller", ["pid-entropy", "pid"])
 def test_demo_runs_end_to_end_and_reports_tracking_per_phase(base_model, tmp_path, controller):
     out = tmp_path / "demo"
@@ -164,6 +166,7 @@ def test_demo_runs_end_to_end_and_reports_tracking_per_phase(base_model, tmp_pat
     assert "entropy (*) and its target (-)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_vs_trl_benchmark_quick(tmp_path):
     """benchmarks/vs_trl.py --quick: both sides run, interleaved, and the report has every part."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "vs_trl.py"), "--quick",
