@@ -25,6 +25,7 @@ and distributed.py beside it (testbed.py too for the built-in task), imported wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 
@@ -115,17 +116,24 @@ def describe(sample: dict, width: int = 160) -> str:
 
 
 def evaluate_on_ranks(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
-                      max_new_tokens: int, **kwargs) -> dict:
+                      max_new_tokens: int, seed: int | None = None, **kwargs) -> dict:
     """`evaluate_passk` with the problems split across ranks: rank r samples problems[r::world]
     (any split: a rank may get fewer problems, or none). Every rank returns the whole result, its
-    per-problem counts and samples in the problems' own order. One process: `evaluate_passk`."""
+    per-problem counts and samples in the problems' own order. One process: `evaluate_passk`.
+
+    With `seed`, each rank samples from a random stream of its own (`own_random_stream`, seeded
+    with seed and rank): the same model, problems and flags give the same result whatever ran
+    before, and the caller's random streams go on as if no evaluation had run."""
     import torch.distributed as dist
 
     from distributed import all_gather_list
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    parts = all_gather_list([evaluate_passk(model, tokenizer, problems[rank::world], reward_fn, n, ks,
-                                            max_new_tokens, **kwargs)])
+    device = next(model.parameters()).device
+    with own_random_stream(None if seed is None else seed + 1_000_003 * rank, device):
+        part = evaluate_passk(model, tokenizer, problems[rank::world], reward_fn, n, ks,
+                              max_new_tokens, **kwargs)
+    parts = all_gather_list([part])
     correct = [0] * len(problems)
     for r, part in enumerate(parts):
         correct[r::world] = part["correct"]
@@ -138,13 +146,30 @@ def evaluate_on_ranks(model, tokenizer, problems: list[dict], reward_fn, n: int,
             **summarize(correct, n, ks)}
 
 
+@contextlib.contextmanager
+def own_random_stream(seed: int | None, device=None):
+    """Inside, torch's generators (the CPU's, and `device`'s when it is a GPU: `generate` samples
+    there) are seeded with `seed`; after, they are back where they were. None: no change."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="HF hub name or local directory (a checkpoint)")
     parser.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math | dapo-math | FILE")
     parser.add_argument("--split", default="test", help="split of a hub data set")
-    parser.add_argument("--limit", type=int, default=200, help="number of problems (0: all)")
+    parser.add_argument("--limit", type=int, default=200,
+                        help="number of problems, a seeded random sample of the set, the same for "
+                             "every run (data.HELD_OUT_SEED; 0: all)")
     parser.add_argument("--prompt_field", default="prompt")
     parser.add_argument("--answer_field", default="answer")
     parser.add_argument("--chat_template", default="auto", choices=["auto", "none"])
@@ -160,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help="default: data.default_max_new_tokens (4 for arithmetic, 1024 otherwise)")
     parser.add_argument("--prompts_per_batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the samples' own random stream (each rank its own)")
     parser.add_argument("--out", default=None,
                         help="write per-problem counts, the summary and --samples completions here")
     parser.add_argument("--samples", type=int, default=8,
@@ -173,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from data import default_max_new_tokens, load_problems
+    from data import HELD_OUT_SEED, default_max_new_tokens, load_problems
     from distributed import setup_distributed, teardown_distributed
     from reward import make_verifier
     from rollout import format_prompts, load_policy
@@ -185,12 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world, device = setup_distributed()
     if rank == 0:
         print(f"verifier: {verifier_note}", flush=True)
-    torch.manual_seed(args.seed + rank)
     # each rank holds a whole copy (no optimizer, no gradients): bf16 on a GPU, fp32 on a CPU
     model, tokenizer = load_policy(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.eval()
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
-                             limit=args.limit or None)
+                             limit=args.limit or None, sample_seed=HELD_OUT_SEED)
     problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
     max_new = args.max_new_tokens or default_max_new_tokens(args.dataset)
     if rank == 0:
@@ -199,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate_on_ranks(model, tokenizer, problems, reward_fn, args.n, ks, max_new,
                                temperature=args.temperature, top_p=args.top_p,
                                prompts_per_batch=args.prompts_per_batch, progress=rank == 0,
-                               keep_samples=args.samples)
+                               keep_samples=args.samples, seed=args.seed)
     if rank == 0:
         print(f"\n{args.model} on {args.dataset} ({len(problems)} problems, n={args.n}, "
               f"T={args.temperature})")
@@ -210,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump({"model": args.model, "dataset": args.dataset, "args": vars(args),
+                           "verifier_used": verifier_note,
                            "summary": {k: v for k, v in result.items() if k not in ("correct", "samples")},
                            "samples": result["samples"],
                            "per_problem": [{"prompt": p["prompt"], "answer": p["answer"], "correct": c}

@@ -35,3 +35,29 @@ def test_summarize_averages_over_prompts():
     out = summarize([0, 4, 1], n=4, ks=[1, 2])
     assert out["pass@1"] == pytest.approx((0 + 1 + 0.25) / 3)
     assert out["pass@2"] == pytest.approx((0 + 1 + 0.5) / 3)
+
+
+def test_evaluation_samples_from_a_stream_of_its_own():
+    """With a seed, the samples do not depend on what was drawn before, and the caller's random
+    stream is left where it was."""
+    import torch
+
+    from eval_passk import evaluate_on_ranks
+    from tiny import tiny_policy
+
+    model, tok = tiny_policy()
+    problems = [{"prompt": f"{a}+{a}=", "answer": str(2 * a)} for a in range(4)]
+
+    def evaluate(seed):
+        return evaluate_on_ranks(model, tok, problems, lambda completion, answer: float(completion == answer),
+                                 4, [1, 4], 3, seed=seed, keep_samples=4)
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = evaluate(seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(1000)  # other draws in between
+    second = evaluate(seed=7)
+    assert first["samples"] == second["samples"] and first["entropy"] == second["entropy"]
+    other = evaluate(seed=8)
+    assert [s["completion"] for s in other["samples"]] != [s["completion"] for s in first["samples"]]
