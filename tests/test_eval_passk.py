@@ -61,3 +61,28 @@ def test_evaluation_samples_from_a_stream_of_its_own():
     assert first["samples"] == second["samples"] and first["entropy"] == second["entropy"]
     other = evaluate(seed=8)
     assert [s["completion"] for s in other["samples"]] != [s["completion"] for s in first["samples"]]
+
+
+def test_command_samples_its_problems_and_records_its_verifier(tmp_path):
+    """--limit 6 of a file ordered by level is a seeded sample of it (train.py's held-out set for
+    --eval_prompts 6), and --out names the verifier that scored."""
+    import json
+
+    from data import HELD_OUT_SEED, load_problems
+    from eval_passk import main
+    from tiny import tiny_policy
+
+    model, tok = tiny_policy()
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    path = tmp_path / "ordered.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{i % 10}+{i // 10}=", "answer": str(i % 10 + i // 10),
+                                        "level": 1 + (i >= 50)}) + "\n" for i in range(100)))
+    out = tmp_path / "out.json"
+    main(["--model", str(tmp_path / "model"), "--dataset", str(path), "--limit", "6", "--n", "2", "--k", "1,2",
+          "--max_new_tokens", "3", "--chat_template", "none", "--verifier", "builtin", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["verifier_used"] == "built-in rule"
+    prompts = [p["prompt"] for p in record["per_problem"]]
+    assert prompts == [p["prompt"] for p in load_problems(str(path), limit=6, sample_seed=HELD_OUT_SEED)]
+    assert prompts != [p["prompt"] for p in load_problems(str(path), limit=6)]
