@@ -50,9 +50,9 @@ def load_problems(source: str, split: str | None = None, prompt_field: str = "pr
 
     A hub set or file is read whole, and a prompt that comes again is dropped (its first row
     stays): DAPO-Math-17k's hub copy holds each of its ~17.9k prompts about 100 times. `limit`
-    keeps that many problems: with `sample_seed`, a seeded random sample (the first `limit` of one
-    seeded shuffle, so a smaller sample is part of a larger one), for held-out sets whose rows
-    are ordered (by subject, by level); without, the first `limit`.
+    keeps that many problems: with `sample_seed`, a seeded random sample (those first in one
+    seeded shuffle, so a smaller sample is part of a larger one), in the rows' order, for held-out
+    sets whose rows are ordered (by subject, by level); without, the first `limit`.
     """
     if source == "arithmetic":
         from testbed import arithmetic_problems  # the built-in task
@@ -166,12 +166,15 @@ def _unique_prompts(problems: list[dict]) -> list[dict]:
 
 
 def _take(problems: list[dict], limit: int | None, sample_seed: int | None) -> list[dict]:
-    """The first `limit` problems, or with `sample_seed` the first `limit` of a seeded shuffle."""
-    if sample_seed is not None:
-        order = list(range(len(problems)))
-        random.Random(sample_seed).shuffle(order)
-        problems = [problems[i] for i in order]
-    return problems[:limit] if limit else problems
+    """The first `limit` problems, or with `sample_seed` the `limit` that come first in a seeded
+    shuffle, kept in their own order; all of them, in order, when `limit` is None or too large."""
+    if not limit or limit >= len(problems):
+        return problems
+    if sample_seed is None:
+        return problems[:limit]
+    order = list(range(len(problems)))
+    random.Random(sample_seed).shuffle(order)
+    return [problems[i] for i in sorted(order[:limit])]
 
 
 def _hub_rows(rows):

@@ -122,8 +122,8 @@ def test_every_level_holds_out_a_share_of_its_sums():
 
 def test_held_out_files_are_a_seeded_sample_not_the_first_rows(tmp_path):
     """A file ordered by level: 100 rows of level 1, then 100 of level 5. Its first 20 rows are all
-    level 1; a seeded sample of 20 draws both levels, the same each time, and a sample of 10 is
-    the first half of the sample of 20."""
+    level 1; a seeded sample of 20 draws both levels, the same each time, in the file's order, and
+    holds the sample of 10. Without a limit the sample is the whole file."""
     path = tmp_path / "ordered.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i), "level": 1 + 4 * (i >= 100)})
                             + "\n" for i in range(200)))
@@ -132,7 +132,9 @@ def test_held_out_files_are_a_seeded_sample_not_the_first_rows(tmp_path):
     sample = load_problems(str(path), limit=20, sample_seed=0)
     assert {p["level"] for p in sample} == {1, 5} and len({p["prompt"] for p in sample}) == 20
     assert sample == load_problems(str(path), limit=20, sample_seed=0)
-    assert sample[:10] == load_problems(str(path), limit=10, sample_seed=0)
+    assert [int(p["answer"]) for p in sample] == sorted(int(p["answer"]) for p in sample)
+    assert all(p in sample for p in load_problems(str(path), limit=10, sample_seed=0))
+    assert load_problems(str(path), sample_seed=0) == load_problems(str(path))
 
 
 def test_repeated_prompts_are_dropped_keeping_the_first(tmp_path):

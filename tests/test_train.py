@@ -330,6 +330,20 @@ def test_missing_dataset_field_names_file_and_line(tmp_path):
     assert f"{data}: line 2: missing field 'prompt'" in proc.stderr
 
 
+def test_held_out_set_of_a_file_is_a_seeded_sample(tmp_path):
+    """--eval_prompts 10 of a file ordered by level: not its first 10 rows (all level 1), but the
+    seeded sample eval_passk.py's --limit 10 takes too."""
+    from data import HELD_OUT_SEED, load_problems
+
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": "1", "level": 1 + (i >= 50)}) + "\n"
+                            for i in range(100)))
+    cfg = train.Config(dataset="arithmetic", eval_dataset=str(path), eval_prompts=10)
+    _, held_out = train.load_data(cfg)
+    assert held_out == load_problems(str(path), limit=10, sample_seed=HELD_OUT_SEED)
+    assert {p["level"] for p in held_out} == {1, 2}
+
+
 def test_config_file_and_flags(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"steps": 7, "lr": 0.001}))
