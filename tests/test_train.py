@@ -71,9 +71,6 @@ def test_default_run_writes_metrics_checkpoint_and_config(base_model):
     assert (config["lr"], config["lr_warmup_steps"], config["updates_per_step"]) == (2e-4, 0, 4)
 
 
-@pytest.mark.parametrize("schedule, controller, loss", [("none", "pid", "grpo"),
-                                                        ("constant", "skywork", "dr_grpo"),
-                                                        ("cosine", "balance", "dapo")])
 @pytest.fixture
 def one_thread():
     """train.main in this process, on one thread as train.py runs the built-in model (restored)."""
@@ -143,6 +140,9 @@ def test_curriculum_sees_the_groups_dynamic_sampling_drops(base_model, tmp_path,
     assert all(run.curriculum.fail_rate[i] == (0.0 if kinds[i] == "always" else 1.0) for i in dropped)
 
 
+@pytest.mark.parametrize("schedule, controller, loss", [("none", "pid", "grpo"),
+                                                        ("constant", "skywork", "dr_grpo"),
+                                                        ("cosine", "balance", "dapo")])
 def test_variants_run(base_model, tmp_path, schedule, controller, loss):
     run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
          "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum", "two-phase",
@@ -556,7 +556,11 @@ def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
     run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
          "--save_every", "0", *TINY, *flags])
     rows = metrics(tmp_path)
-    assert all(r["loss/cov_frac"] > 0 for r in rows)  # Clip-Cov / KL-Cov restrained some tokens
+    restrained = [r["loss/cov_frac"] for r in rows]
+    if "kl-cov" in flags:  # KL-Cov restrains at least one token every step
+        assert all(frac > 0 for frac in restrained)
+    else:  # Clip-Cov only tokens inside its covariance band: a step may have none
+        assert any(frac > 0 for frac in restrained) and all(frac >= 0 for frac in restrained)
     if "--tis_cap" in flags:  # top-p renormalises what it keeps: the sampler's p >= the trainer's
         assert all(0 < r["rollout/is_weight"] <= 1 and r["rollout/logp_mismatch"] > 0.01 for r in rows)
     else:  # warm-up over 1 step, then a cosine from 2e-4 down to 10% at the last step
