@@ -86,13 +86,15 @@ class TwoPhaseCurriculum:
         return weights
 
     def sample(self, n: int, phase: str) -> list[int]:
-        """n distinct prompt indices, drawn by weight (falls back to all prompts if the pool is
-        smaller than n)."""
+        """n distinct prompt indices, drawn by weight; when fewer than n prompts have a weight, all
+        of those, and the rest uniformly from the others."""
         weights = self.weights(phase)
-        if sum(w > 0 for w in weights) < n:
-            weights = [max(w, 1e-6) for w in weights]
-        keys = [(self._rng.random() ** (1.0 / w) if w > 0 else -1.0, i) for i, w in enumerate(weights)]
-        return [i for _, i in sorted(keys, reverse=True)[:n]]
+        keys = [(self._rng.random() ** (1.0 / w), i) for i, w in enumerate(weights) if w > 0]
+        chosen = [i for _, i in sorted(keys, reverse=True)[:n]]
+        if len(chosen) < n:  # the pool is smaller than the batch
+            others = [i for i, w in enumerate(weights) if w <= 0]
+            chosen += self._rng.sample(others, min(n - len(chosen), len(others)))
+        return chosen
 
     def update(self, indices: list[int], pass_rates: list[float]) -> None:
         """Fold this step's measured pass rates (correct / group_size) into the averages."""

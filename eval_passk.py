@@ -30,6 +30,7 @@ and distributed.py beside it (testbed.py too for the built-in task), imported wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -122,17 +123,24 @@ def describe(sample: dict, width: int = 160) -> str:
 
 
 def evaluate_on_ranks(model, tokenizer, problems: list[dict], reward_fn, n: int, ks: list[int],
-                      max_new_tokens: int, **kwargs) -> dict:
+                      max_new_tokens: int, seed: int | None = None, **kwargs) -> dict:
     """`evaluate_passk` with the problems split across ranks: rank r samples problems[r::world]
     (any split: a rank may get fewer problems, or none). Every rank returns the whole result, its
-    per-problem counts and samples in the problems' own order. One process: `evaluate_passk`."""
+    per-problem counts and samples in the problems' own order. One process: `evaluate_passk`.
+
+    With `seed`, each rank samples from a random stream of its own (`own_random_stream`, seeded
+    with seed and rank): the same model, problems and flags give the same result whatever ran
+    before, and the caller's random streams go on as if no evaluation had run."""
     import torch.distributed as dist
 
     from distributed import all_gather_list
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    parts = all_gather_list([evaluate_passk(model, tokenizer, problems[rank::world], reward_fn, n, ks,
-                                            max_new_tokens, **kwargs)])
+    device = next(model.parameters()).device
+    with own_random_stream(None if seed is None else seed + 1_000_003 * rank, device):
+        part = evaluate_passk(model, tokenizer, problems[rank::world], reward_fn, n, ks,
+                              max_new_tokens, **kwargs)
+    parts = all_gather_list([part])
     correct = [0] * len(problems)
     for r, part in enumerate(parts):
         correct[r::world] = part["correct"]
@@ -159,6 +167,21 @@ def checkpoint_settings(model_path: str) -> dict:
     return {key: config[key] for key in PROMPT_AND_SAMPLING if key in config}
 
 
+@contextlib.contextmanager
+def own_random_stream(seed: int | None, device=None):
+    """Inside, torch's generators (the CPU's, and `device`'s when it is a GPU: `generate` samples
+    there) are seeded with `seed`; after, they are back where they were. None: no change."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    devices = [device] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -169,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "else the model's own")
     parser.add_argument("--dataset", default="arithmetic", help="arithmetic | gsm8k | math | dapo-math | FILE")
     parser.add_argument("--split", default="test", help="split of a hub data set")
-    parser.add_argument("--limit", type=int, default=200, help="number of problems (0: all)")
+    parser.add_argument("--limit", type=int, default=200,
+                        help="number of problems, a seeded random sample of the set, the same for "
+                             "every run (data.HELD_OUT_SEED; 0: all)")
     parser.add_argument("--prompt_field", default="prompt")
     parser.add_argument("--answer_field", default="answer")
     parser.add_argument("--chat_template", default=None, choices=["auto", "none"],
@@ -191,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="None: the checkpoint's run's, else data.default_max_new_tokens (4 for "
                              "arithmetic, 1024 otherwise)")
     parser.add_argument("--prompts_per_batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the samples' own random stream (each rank its own)")
     parser.add_argument("--out", default=None,
                         help="write per-problem counts, the summary and --samples completions here")
     parser.add_argument("--samples", type=int, default=8,
@@ -204,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from data import default_max_new_tokens, default_system_prompt, load_problems
+    from data import HELD_OUT_SEED, default_max_new_tokens, default_system_prompt, load_problems
     from distributed import setup_distributed, teardown_distributed
     from reward import make_verifier
     from rollout import PolicyError, format_prompts, load_policy, resolve_model_path
@@ -229,8 +255,6 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world, device = setup_distributed()
     if rank == 0:
         print(f"verifier: {verifier_note}", flush=True)
-    torch.manual_seed(args.seed + rank)
-    if rank == 0:
         source = (f"{model_path}/train_config.json, the run's, where no flag is given" if recorded
                   else f"defaults for --dataset {args.dataset} where no flag is given")
         print(f"prompts and sampling ({source}): chat_template {args.chat_template}, "
@@ -251,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(2)
     model.eval()
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
-                             limit=args.limit or None)
+                             limit=args.limit or None, sample_seed=HELD_OUT_SEED)
     problems = format_prompts(problems, tokenizer, args.chat_template, args.system_prompt)
     max_new = args.max_new_tokens
     if rank == 0:
@@ -262,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate_on_ranks(model, tokenizer, problems, reward_fn, args.n, ks, max_new,
                                temperature=args.temperature, top_p=args.top_p,
                                prompts_per_batch=args.prompts_per_batch, progress=rank == 0,
-                               keep_samples=args.samples)
+                               keep_samples=args.samples, seed=args.seed)
     if rank == 0:
         print(f"\n{args.model} on {args.dataset} ({len(problems)} problems, n={args.n}, "
               f"T={args.temperature})")
@@ -273,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump({"model": args.model, "dataset": args.dataset, "args": vars(args),
+                           "verifier_used": verifier_note,
                            "summary": {k: v for k, v in result.items() if k not in ("correct", "samples")},
                            "samples": result["samples"],
                            "per_problem": [{"prompt": p["prompt"], "answer": p["answer"], "correct": c}

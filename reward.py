@@ -15,22 +15,28 @@ The public API:
   * `make_verifier(name)`: the reward function `--verifier` names: the built-in rule, or the rule
     with the optional `math_verify` package (HuggingFace) deciding what the rule cannot (symbolic
     forms: \\sqrt{8} = 2\\sqrt{2}). The rule's "different" is final, so math-verify only adds
-    correct positives: alone it would accept "3 \\text{ or more}" for 3 and 1011 for 1011_2.
+    correct positives: alone it would accept "3 \\text{ or more}" for 3, 1011 for 1011_2,
+    \\ge 6 for 6, x^2 = 25 for 25 and 7 \\lor 8 for 8.
   * `overlong_penalty`: DAPO's soft length penalty (Yu et al. 2025, Eq. 13).
   * `extract_answer`: the last \\boxed{...}, else GSM8K's "#### 42", else "... answer is 42" or
-    "Answer: 42", else a completion that is just a number (the built-in task answers that way).
+    "Answer: 42", else a completion that is just a number (the built-in task answers that way);
+    as chat models write them too: "The answer is **7**.", "**Answer:**" or "### Final Answer"
+    with the answer on the next line, $\\$1,000$ and \\(...\\).
   * `answers_match`: equality that is mathematical, not textual:
       - numbers: 1,000 = 1{,}000 = 1\\,000 = 1000; $18 = 18 dollars = 18; 50\\% = 50;
         0.5 = 1/2 = \\frac{1}{2} = \\dfrac12 = \\left( \\frac12 \\right); -3 = - 3; 2 million = 2000000;
-        x = 5 is 5; a trailing "." and unit words (`UNITS`) are dropped;
+        x = 5 is 5 (but \\pi = 3 and x^2 = 25 name no variable); a trailing "." and unit words
+        (`UNITS`) are dropped, and so is a \\text{} word naming what is counted: 12 \\text{ cats};
       - a decimal with at least 6 significant digits equals a fraction with no finite decimal
         expansion within one unit of its last digit: 0.0833333 = 1/12, 0.08 != 1/12;
       - tuples and intervals element by element, brackets kept: (1,\\frac92) = (1,4.5), [1,2) != (1,2);
         sets \\{1,2\\} and bare lists "3, 5" in any order; unions of intervals;
       - other LaTeX as text once normalised: \\sqrt3 = \\sqrt{3}, \\frac{\\pi}{2} = \\pi/2.
-    A word glued to a number that is not a unit (2x, 5i, 3n, 4k, "3 or more") voids it; a comma is a
-    thousands separator only in the pattern 1-3 digits then groups of 3, with no space and no
-    leading 0, and only in a lone number (inside brackets a comma always separates elements).
+    A relation, connective or arrow is not a value: \\ge 6, \\neq 6, 2+1=4, 7 \\lor 8, 7 \\to 8 are
+    not 6, 4 or 8. A word glued to a number that is not a unit (2x, 5i, 3n, 4k, "3 or more") voids
+    it; a comma is a thousands separator only in the pattern 1-3 digits then groups of 3, with no
+    space and no leading 0, and only in a lone number (inside brackets a comma always separates
+    elements).
 
 Model output is adversarial: the verifier never raises and never hangs. Inputs are cut to their last
 `MAX_CHARS` characters, brackets are matched by linear scans (no backtracking regex; recursion only
@@ -147,14 +153,18 @@ def format_reward(completion: str) -> float:
 def extract_answer(text: str) -> str | None:
     """The final answer a completion states, or None when it states none.
 
-    Order: the last \\boxed{...}; else the last "#### ..." line (GSM8K); else what follows the last
-    "answer is" or "Answer:" (DAPO-Math) on its line, up to the end of its $...$ or of its sentence;
-    else the whole completion when it is a plain number.
+    Order: the last \\boxed{...}; else what follows the last "####" (GSM8K; a Markdown heading
+    "#### Final Answer" is not one); else what follows the last "answer is", "Answer:" (DAPO-Math)
+    or a line that is only a heading "Final Answer": the rest of its line, or the next line with
+    text when the cue ends its line, up to the end of its $...$ or \\(...\\) or of its sentence,
+    Markdown emphasis dropped; else the whole completion when it is a plain number.
 
     >>> extract_answer("6 * 7 = 42. #### 42")
     '42'
     >>> extract_answer("The final answer is $\\\\frac{1}{2}$. I hope it is correct.")
     '\\\\frac{1}{2}'
+    >>> extract_answer("### Final Answer\\n\\n**7**")
+    '7'
     """
     if not isinstance(text, str) or not text:
         return None
@@ -162,17 +172,12 @@ def extract_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()
-    hashes = text.rfind("####")
-    if hashes >= 0:
-        return text[hashes + 4 :].strip().split("\n")[0].strip() or None
-    lower = text.lower()
-    said = max((lower.rfind(cue), cue) for cue in ("answer is", "answer:"))  # DAPO: "Answer: 42"
-    if said[0] >= 0:
-        answer = text[said[0] + len(said[1]) :].split("\n")[0].strip(" :*")
-        if answer.startswith("$") and "$" in answer.lstrip("$"):  # "is $\frac{1}{2}$. I hope..."
-            answer = answer.lstrip("$").split("$")[0]
-        answer = answer.split(". ")[0].strip(" *$")  # "is 18. That is..." (but 3.5 stays 3.5)
-        return answer or None
+    marks = [mark.end() for mark in _GSM8K.finditer(text)]
+    if marks:
+        return _stated_after(text, marks[-1])
+    cues = [cue.end() for pattern in (_SAID, _ANSWER_HEADING) for cue in pattern.finditer(text)]
+    if cues:
+        return _stated_after(text, max(cues))
     stripped = text.strip()
     if stripped and to_number(normalize(stripped)) is not None:
         return stripped
@@ -237,6 +242,44 @@ def all_boxed(text: str) -> list[str]:
         found.append(content)
 
 
+_GSM8K = re.compile(r"(?<!#)####(?!#)(?![ \t]*[a-zA-Z])")  # "#### 42"; not "#### Final Answer"
+_SAID = re.compile(r"answer(?:\*\*|__)?[ \t]*(?:is\b[ \t]*:?|:)", re.IGNORECASE)  # "**Answer:**"
+_ANSWER_HEADING = re.compile(r"^[ \t#*_]*(?:final[ \t]+)?answer[ \t*_:]*$",  # "### Final Answer"
+                             re.IGNORECASE | re.MULTILINE)
+_MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def _stated_after(text: str, end: int) -> str | None:
+    """The answer a cue ending at `end` introduces: the rest of its line, or, when that is empty
+    ("**Answer:**", "The final answer is:", "### Final Answer"), the next line with text."""
+    lines = text[end:].split("\n")
+    answer = _clean_stated(lines[0])
+    if not answer:
+        answer = next((_clean_stated(line) for line in lines[1:] if line.strip()), "")
+    return answer or None
+
+
+def _clean_stated(line: str) -> str:
+    """The answer at the start of `line`: the content of a leading $...$, $$...$$, \\(...\\) or
+    \\[...\\] (an escaped \\$ inside is a dollar sign), else its first sentence (3.5 stays 3.5);
+    without **bold** or __bold__.
+
+    >>> _clean_stated(r" **$\\$1,000$**. So"), _clean_stated(" 18. So"), _clean_stated(":** 3.5")
+    ('\\\\$1,000', '18', '3.5')
+    """
+    answer = line.strip(" \t:*_")
+    for opener, closer in _MATH_DELIMITERS:
+        if answer.startswith(opener):
+            end = answer.find(closer, len(opener))
+            while end > 0 and closer == "$" and answer[end - 1] == "\\":  # \$: a dollar sign
+                end = answer.find(closer, end + 1)
+            if end >= 0:
+                return answer[len(opener) : end].strip()
+            break
+    answer = answer.split(". ")[0].strip(" *_$")
+    return re.sub(r"[*_$]+(?=\.$)", "", answer)  # "7**." -> "7."
+
+
 # ----------------------------------------------------------------------------- normalisation
 # Words that name a unit: "18 dollars", "5\text{ cm}^2" and "3 km/h" are the numbers 18, 5 and 3.
 # Any other word glued to a number changes or voids it: 2x, 5i, 3n, 4k, "3 or more" are not numbers.
@@ -273,7 +316,15 @@ _SCRIPT = re.compile(r"_\{(\w+)\}|\^\{(\w)\}")  # 1011_{2} -> 1011_2, x^{2} -> x
 _FRAC = re.compile(r"\\frac\s*" + _ARG + r"\s*" + _ARG)
 _NUMERATOR = re.compile(r"-?(?:[\w.]|\\[a-zA-Z]+|\\sqrt\{\w+\})+")  # 3, -1, 2\pi, \sqrt{3}: no ( ) needed
 _DENOMINATOR = re.compile(r"\d+(?:\.\d+)?|[a-zA-Z]|\\[a-zA-Z]+|\\sqrt\{\w+\}")  # one token: 2, x, \pi
-_ASSIGNED = re.compile(r"[a-zA-Z\\][\w\\{}]{0,20}|\([a-zA-Z\\][\w\\{}, ]{0,40}\)")  # x, a_1, (p, q)
+# The name on the left of "x = 5": a letter or a word, a Greek letter (not \\pi: \\pi = 3 is a false
+# statement), AB with a bar, each with an optional subscript, primes and arguments (a_1, x_{n+1},
+# f'(x)); or a tuple of names ((p, q) = (3, 2)). \\sqrt{2} = 5, \\not= 7 and x^2 = 25 name nothing.
+_GREEK = (r"\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|"
+          r"lambda|mu|nu|xi|rho|sigma|tau|upsilon|phi|varphi|chi|psi|omega|Gamma|Delta|Theta|"
+          r"Lambda|Xi|Sigma|Upsilon|Phi|Psi|Omega)(?![a-zA-Z])")
+_NAME = (rf"(?:[a-zA-Z][a-zA-Z0-9]{{0,20}}|{_GREEK}|\\(?:overline|bar|hat|vec|tilde)"  # one parse
+         r"\{\w{1,5}\})(?:_[a-zA-Z0-9]{1,10}|_\{[\w+-]{1,10}\})?'{0,3}(?:\([\w\\, ]{1,20}\))?")
+_ASSIGNED = re.compile(rf"{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME}){{0,8}}\s*\)")
 
 
 def normalize(answer: str) -> str:
@@ -294,7 +345,8 @@ def normalize(answer: str) -> str:
         s = s.replace(old, new)
     s = _SIZING.sub("", s)
     unit = _TEXT_AT_END.search(s)
-    if unit and unit.start() > 0 and _is_units(unit.group(1), letters=True):
+    if unit and unit.start() > 0 and (_is_units(unit.group(1), letters=True)
+                                      or _is_label(s[: unit.start()], unit.group(1))):
         s = s[: unit.start()]
     s = _TEXT.sub(r"\1", _TEXT.sub(r"\1", s))  # two levels: \text{\textbf{A}}
     s = _SHORT_SECOND.sub(r"\\frac{\1}{\2}", _SHORT_FIRST.sub(r"\\\1{\2}", s))
@@ -335,6 +387,29 @@ def _is_units(text: str, letters: bool = False) -> bool:
     words = re.sub(r"(?<=[a-zA-Z])(?:\^\{?[23]\}?|[./])", " ", text).split()
     return bool(words) and all(w.isalpha() and w.lower() in UNITS and (letters or len(w) > 1)
                                for w in words)
+
+
+# Words that change or hedge the number before them: "12 \\text{ dozen}" is not 12. Any other single
+# lower-case word in \\text{} after a number only names what is counted: 12 \\text{ apples} is 12.
+NOT_LABELS = frozenset("""
+    more less fewer over under above below least most plus minus approximately approx about around
+    roughly nearly almost circa ish dozen dozens score gross grand half halves third thirds quarter
+    quarters squared cubed factorial negative mod modulo lakh crore
+""".split()) | {word + "s" for word in MULTIPLIERS} | set(MULTIPLIERS)
+
+
+def _is_label(number: str, text: str) -> bool:
+    """True when `text` (the content of a trailing \\text{}) is one lower-case word that names what
+    a plain `number` counts: "apples" yes; "dozen", "tenths", "or more", "C" no.
+
+    >>> _is_label("12 ", " apples"), _is_label("12", "dozen"), _is_label("3", "fifths")
+    (True, False, False)
+    >>> _is_label("x", "apples"), _is_label("3", "or more"), _is_label("3", "C")
+    (False, False, False)
+    """
+    word = text.strip()
+    return (re.fullmatch(r"[a-z]{3,}", word) is not None and word not in NOT_LABELS
+            and not word.endswith(("th", "ths")) and _NUMBER.fullmatch(number.strip()) is not None)
 
 
 def _wraps(s: str) -> bool:
@@ -469,6 +544,11 @@ def _terminates(q: Fraction) -> bool:
 # ----------------------------------------------------------------------------- equivalence
 _WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # a word, not a \command
 _HEDGE = re.compile(r"\\(?:approx|sim|simeq|lesssim|gtrsim)(?![a-zA-Z])|≈")  # "\approx 12" is not 12
+_RELATION = re.compile(  # a relation, a connective or an arrow: "\ge 6", "7 \lor 8", "2+1=4"
+    r"\\(?:ne|neq|not|le|ge|lt|gt|leqslant|geqslant|ll|gg|cong|equiv|propto|lor|land|vee|wedge|neg|"
+    r"lnot|to|gets|mapsto|rightarrow|leftarrow|Rightarrow|Leftarrow|leftrightarrow|Leftrightarrow|"
+    r"longrightarrow|Longrightarrow|iff|implies|impliedby|in|notin|ni|subset|subseteq|supset|"
+    r"supseteq)(?![a-zA-Z])|[=<>≠≤≥→⇒⇔↔∨∧¬∈∉⊂⊆]")
 _MATH_WORDS = {"sqrt", "pi", "sin", "cos", "tan", "log", "ln", "exp", "inf", "infty"}
 _ORDER_FREE = {"{}", ","}
 
@@ -504,13 +584,17 @@ def _compare(x: tuple, y: tuple) -> bool | None:
 
 
 def _compare_text(x: tuple, y: tuple) -> bool | None:
-    """Equality when one side is not a number or a structure: the same text is equal; words (not
-    units, those are gone), hedges (\\approx) and base subscripts are compared as text only
-    ("3 or more", "\\text{odd}", 1011_2); a number glued to a variable is not a value (2x, 5i,
-    1/2 x); the rest is undecided."""
+    """Equality when one side is not a number or a structure: the same text is equal; a relation,
+    connective or arrow against a value is different (\\ge 6, \\neq 6, x^2 = 25, 2+1=4, 7 \\lor 8,
+    7 \\to 8 are not 6, 25, 4 or 8); words (not units, those are gone), hedges (\\approx) and base
+    subscripts are compared as text only ("3 or more", "\\text{odd}", 1011_2); a number glued to a
+    variable is not a value (2x, 5i, 1/2 x); the rest is undecided."""
     texts = [tree[1] for tree in (x, y) if tree[0] == "text"]
     if len(texts) == 2 and "".join(texts[0].split()) == "".join(texts[1].split()):
         return True
+    related = [kind == "text" and _RELATION.search(text) is not None for kind, text in (x, y)]
+    if related[0] != related[1] and {x[0], y[0]} <= {"text", "number"}:
+        return False  # "\ge 6", "x^2 = 25", "7 \lor 8" say something of a value; they are not it
     for text in texts:  # "4 = 2" is a false statement, not the answer 2 (math-verify reads its right side)
         sides = [_scalar(side.strip()) for side in text.split("=")]
         if len(sides) == 2 and None not in sides and not numbers_equal(*sides):

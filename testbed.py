@@ -8,6 +8,8 @@ tokenizer, both saved with `save_pretrained` and loaded back like any hub checkp
 
   * The task, `arithmetic_problems`: sums of single digits, "3+5+2=" -> "10". Level L has L + 1
     terms (2 to 7); the answer is the plain number, which reward.py's verifier reads as it is.
+    One sum in 10 of every level, in every order of its terms, is held out (`is_held_out`): the
+    evaluation asks only those, and neither RL nor the warm start ever sees one.
   * The tokenizer, `char_tokenizer`: one token per character, <pad> 0 and <eos> 1.
   * The model, `tiny_model_config`: a 3-layer Qwen2 with 0.64M parameters.
   * The warm start, `build_base_model`: a short supervised run on a corpus written like
@@ -26,30 +28,56 @@ from __future__ import annotations
 import json
 import os
 import random
+import zlib
 
 TASK_LEVELS = (1, 2, 3, 4, 5, 6)  # number of "+" signs: 2 to 7 terms
 MAX_NEW_TOKENS = 4  # an answer of at most 2 digits, then <eos>: a budget of 4 never cuts one off
 TASK_CHARS = "0123456789+-*=() "
+HELD_OUT_SHARE = 10  # one sum in 10 of every level is held out (`is_held_out`)
 TAG = "es_testbed"  # a key of the model's config.json: train.py gives such a model the tuned values
 
 
-def arithmetic_problems(n: int, seed: int, levels: tuple[int, ...] = TASK_LEVELS) -> list[dict]:
+def arithmetic_problems(n: int, seed: int, levels: tuple[int, ...] = TASK_LEVELS,
+                        split: str = "train") -> list[dict]:
     """The built-in task: sums of single digits; level L has L + 1 terms (2 to 7).
 
-    Deterministic in `seed`; use different seeds for training and held-out sets (level 1 has only
-    100 distinct prompts, so the two can share some: the task tests a skill, not recall).
+    `split` "train" draws from the training part of each level, "test" from its held-out part
+    (`is_held_out`): the two never share a problem, in any order of its terms, whatever the seeds.
+    The warm-start corpus draws from the training part too. Each level is drawn uniformly, then a
+    problem uniformly within its part of that level. Deterministic in `seed`, and the first n of
+    a larger draw are the draw of n.
 
     >>> arithmetic_problems(1, seed=0, levels=(2,))
-    [{'prompt': '6+0+4=', 'answer': '10', 'level': 2}]
+    [{'prompt': '8+7+6=', 'answer': '21', 'level': 2}]
     """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     rng = random.Random(seed)
     problems = []
     for _ in range(n):
         level = rng.choice(levels)
         terms = [rng.randrange(10) for _ in range(level + 1)]
+        while is_held_out(terms) != (split == "test"):  # rejection: ~1.1 draws (train), ~10 (test)
+            terms = [rng.randrange(10) for _ in range(level + 1)]
         problems.append({"prompt": "+".join(map(str, terms)) + "=", "answer": str(sum(terms)),
                          "level": level})
     return problems
+
+
+def is_held_out(terms: list[int]) -> bool:
+    """True for the held-out part of the task: one problem in HELD_OUT_SHARE, by a fixed hash
+    (CRC-32, the same on every machine and Python) of its terms in sorted order. Sorting puts
+    every reordering of a sum in the same part: 3+5 is held out exactly when 5+3 is, so neither
+    training nor the warm start shows a held-out sum in another order.
+
+    Level 1 has only 55 such sums of two digits (100 prompts); 7 of them, 14 prompts, are held
+    out, so level 1's share of a held-out set repeats those 14: few, but never seen.
+
+    >>> is_held_out([3, 1]), is_held_out([1, 3]), is_held_out([3, 5])
+    (True, True, False)
+    """
+    key = "+".join(map(str, sorted(terms)))
+    return zlib.crc32(key.encode()) % HELD_OUT_SHARE == 0
 
 
 def char_tokenizer(chars: str = TASK_CHARS):
@@ -103,6 +131,11 @@ WARM_START_SLIPS = (-10, -3, -2, -1, 1, 2, 3, 10)
 WARM_START_BATCH = 64
 
 
+def warm_start_corpus(seed: int, steps: int) -> list[dict]:
+    """The prompts of the warm start's `steps` batches, in order (training part of the task only)."""
+    return arithmetic_problems(WARM_START_BATCH * steps, seed=10_000 + seed, levels=WARM_START_LEVELS)
+
+
 def warm_start_answer(problem: dict, rng: random.Random) -> str:
     """What the warm-start corpus writes after a prompt: the answer, or a slip of it.
 
@@ -154,8 +187,8 @@ def _warm_start(path: str, seed: int, warm_start_steps: int) -> None:
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     B = WARM_START_BATCH
-    corpus = arithmetic_problems(B * warm_start_steps, seed=10_000 + seed, levels=WARM_START_LEVELS)
-    probe = arithmetic_problems(64, seed=20_000 + seed)
+    corpus = warm_start_corpus(seed, warm_start_steps)
+    probe = arithmetic_problems(64, seed=20_000 + seed, split="test")
     for step in tqdm(range(warm_start_steps), desc="warm start (supervised)", leave=False):
         batch = corpus[step * B : (step + 1) * B]
         prompts = [tokenizer(p["prompt"], add_special_tokens=False).input_ids for p in batch]

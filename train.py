@@ -51,7 +51,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from curriculum import TwoPhaseCurriculum
-from data import DataError, default_max_new_tokens, default_system_prompt, load_problems
+from data import (HELD_OUT_SEED, DataError, default_max_new_tokens, default_system_prompt,
+                  load_problems)
 from distributed import (all_gather_list, all_reduce_sum, autocast, generation_mode,
                          setup_distributed, shard_model, teardown_distributed)
 from entropy_schedule import (CONTROLLERS, SCHEDULES, EntropySchedule, TrackingError,
@@ -345,8 +346,8 @@ def rl_step(run: Run, step: int) -> dict:
                            ref_logprobs, is_weights)
     update_s = time.time() - started_update
     run.nonfinite_skipped += update.pop("nonfinite_skipped")
-    pass_rates = (rewards > 0.5).float().view(-1, G).mean(dim=1).tolist()  # one per group
-    run.curriculum.update(all_gather_list(indices), all_gather_list(pass_rates))  # on every rank
+    groups = all_gather_list(sampling.pop("pass_rates"))  # every group generated, dropped ones too
+    run.curriculum.update([i for i, _ in groups], [rate for _, rate in groups])  # on every rank
     if is_weights is not None:
         tis = {"rollout/is_weight": sums["is_weight"] / sums["tokens"]}
     # 8. log
@@ -379,13 +380,16 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
     is needed is decided by all ranks together (an all-reduce of "still short of groups"), so every
     rank runs the same number of rounds; a rank that is already full generates nothing in them.
     Returns rollouts, rewards (B,) on the model's device, the prompt of each group, and statistics
-    of the first round (the policy as it is, before the filter).
+    of the first round (the policy as it is, before the filter); statistics["pass_rates"] holds the
+    (prompt, pass rate) of every group generated, the dropped ones included: the curriculum learns
+    most from those (always or never solved), which the batch never shows.
     """
     G, wanted = cfg.group_size, len(indices)
     device = next(model.parameters()).device
     kept: list[tuple[Rollouts, torch.Tensor, int]] = []  # (group rollouts, rewards (G,), prompt)
     spare: list[tuple[Rollouts, torch.Tensor, int]] = []
     stats = {"groups/zero_std_frac": None, "sampling/rounds": 0}
+    pass_rates: list[tuple[int, float]] = []  # (prompt, fraction of its G completions correct)
     for round_ in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
         if round_ > 0:  # one all-reduce a round: go on while any rank is short of groups
             if all_reduce_sum({"short": float(len(kept) < wanted)}, device)["short"] == 0:
@@ -403,6 +407,7 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
              + overlong_penalty(lengths[j], cfg.max_new_tokens, cfg.overlong_buffer)
              for j, text in enumerate(rollouts.completions)], device=device)
         signal = groups_with_signal(rewards, G).tolist()
+        pass_rates += zip(indices, (rewards > 0.5).float().view(-1, G).mean(dim=1).tolist())
         if stats["groups/zero_std_frac"] is None:  # the first round measures the policy, unfiltered
             stats["groups/zero_std_frac"] = 1.0 - float(np.mean(signal))
             stats["reward_sum"] = float(rewards.sum())
@@ -413,6 +418,7 @@ def collect_rollouts(model, tokenizer, problems, indices, cfg: Config, rng: rand
             (kept if has_signal or not cfg.dynamic_sampling else spare).append(piece)
     pieces = (kept + spare)[:wanted]
     stats["groups/unfilled"] = max(0, wanted - len(kept))
+    stats["pass_rates"] = pass_rates
     return (concat_rollouts([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]),
             [p[2] for p in pieces], stats)
 
@@ -506,7 +512,10 @@ def learning_rate(cfg: Config, step: int) -> float:
 
 
 def evaluate(run: Run, step: int) -> dict:
-    """Held-out pass@k and entropy, the prompts split across ranks."""
+    """Held-out pass@k and entropy, the prompts split across ranks. The samples come from a random
+    stream of their own, a function of (--seed, step) only: the same model gives the same numbers
+    in every run, and evaluating leaves the training's streams alone (--eval_every changes no
+    training step)."""
     cfg = run.cfg
     ks = [int(k) for k in cfg.eval_k.split(",")]
     if run.rank == 0:
@@ -520,7 +529,8 @@ def evaluate(run: Run, step: int) -> dict:
                                    top_p=cfg.top_p, prompts_per_batch=per_batch,
                                    chunk_size=cfg.logprob_chunk_size,
                                    micro_batch_size=cfg.micro_batch_size, progress=run.rank == 0,
-                                   stop_ids=run.stop_ids, keep_samples=cfg.eval_samples)
+                                   stop_ids=run.stop_ids, keep_samples=cfg.eval_samples,
+                                   seed=cfg.seed * 1_000_003 + step)
     out = {f"eval/pass@{k}": result[f"pass@{k}"] for k in ks}
     out["eval/entropy"] = result["entropy"]
     if run.rank == 0:
@@ -662,6 +672,7 @@ def parse_config(argv: list[str]) -> Config:
                 values = yaml.safe_load(fh) or {}
             else:
                 values = json.load(fh)
+        values.pop("verifier_used", None)  # a run's config.json records it; not a setting
         unknown = set(values) - {f.name for f in dataclasses.fields(Config)}
         if unknown:
             raise ConfigError(f"{args['config']}: unknown fields {sorted(unknown)}")
@@ -845,8 +856,8 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if rank == 0:
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:  # and who scores
+            json.dump({**dataclasses.asdict(cfg), "verifier_used": verifier}, f, indent=2)
         print(f"config: {json.dumps(dataclasses.asdict(cfg))}")
         print(f"policy: {resume_from or initial_path} ({num_params / 1e6:.2f}M parameters, "
               f"{model.config.model_type}, {model.config._attn_implementation} attention), "
@@ -897,9 +908,10 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
     train = load_problems(cfg.dataset, None, *fields, limit)
     eval_source = cfg.eval_dataset or cfg.dataset
     if eval_source == cfg.dataset and os.path.exists(cfg.dataset):
-        warnings.warn(f"no --eval_dataset: pass@k is measured on the first {cfg.eval_prompts} "
-                      f"problems of the training file {cfg.dataset}, which are not held out")
-    held_out = load_problems(eval_source, "test", *fields, cfg.eval_prompts)
+        warnings.warn(f"no --eval_dataset: pass@k is measured on {cfg.eval_prompts} problems "
+                      f"sampled from the training file {cfg.dataset}, which are not held out")
+    held_out = load_problems(eval_source, "test", *fields, cfg.eval_prompts,
+                             sample_seed=HELD_OUT_SEED)
     return train, held_out
 
 
@@ -1175,7 +1187,8 @@ def open_metrics(run: Run, start_step: int) -> str:
 
 def finish(run: Run, metrics_path: str) -> None:
     """summary.json, two plain-text plots on the terminal, and metrics.png with matplotlib."""
-    summary = {"tracking_error": run.tracker.summary(), "nonfinite_skipped": run.nonfinite_skipped}
+    summary = {"tracking_error": run.tracker.summary(), "nonfinite_skipped": run.nonfinite_skipped,
+               "verifier_used": run.verifier}
     with open(os.path.join(run.cfg.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"done: {json.dumps(summary)}; metrics in {metrics_path}")

@@ -129,7 +129,7 @@ def base_model(seed: int, args) -> str | None:
 
 def base_headroom(seed: int, base: str | None, args) -> dict:
     """R2's numbers: the base model's pass@1 and pass@16 on `--r2_prompts` held-out prompts x 16
-    samples, by eval_passk.py (the held-out set train.py evaluates on: its first N problems)."""
+    samples, by eval_passk.py (train.py's held-out set: its 128 problems are the first of these)."""
     out = os.path.join(args.out_dir, f"seed{seed}", f"base_eval_{args.r2_prompts}.json")
     if not os.path.exists(out) or args.rerun:
         model = base or args.extra[args.extra.index("--model") + 1]

@@ -72,3 +72,16 @@ def test_deterministic_and_resumable():
 def test_bad_order():
     with pytest.raises(ValueError, match="hard-first"):
         TwoPhaseCurriculum(LEVELS, order="random")
+
+
+def test_a_pool_smaller_than_the_batch_fills_up_at_random():
+    """hard-first's stable pool is prompts 4-7; a batch of 6 takes all four and 2 of prompts 0-3,
+    a different pair from draw to draw (not the two highest indices every time)."""
+    c = TwoPhaseCurriculum(LEVELS, order="hard-first", seed=0)
+    extras = set()
+    for _ in range(50):
+        draw = c.sample(6, "stable")
+        assert len(set(draw)) == 6 and {4, 5, 6, 7} <= set(draw)
+        extras.add(frozenset(draw) - {4, 5, 6, 7})
+    assert len(extras) == 6  # every pair of C(4, 2) = 6 appears in 50 draws
+    assert len(c.sample(20, "stable")) == 8  # more than there are: all of them

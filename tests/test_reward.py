@@ -58,6 +58,11 @@ ADVERSARIAL = [
     "1/" * 50_000,
     r"\boxed{" + r"\frac{1}{" * 3_000 + "2" + "}" * 3_000 + "}",
     "#### " + "1," * 40_000,
+    "#" * 100_000,  # the GSM8K and heading cues
+    "**Answer:**" + "\n" * 100_000,
+    "The answer is $" + "\\$" * 50_000,
+    "answer" + "**" * 50_000 + ":",
+    r"\boxed{(" + "a_1a_1a_1a_1a_1, " * 500 + ")=5}",  # names on the left of "=": one parse each
 ]
 
 

@@ -42,9 +42,29 @@ ADVERSARIAL = [  # (completion, reference)
     (r"\boxed{\sim 12}", "12"),
     (r"\boxed{5 \text{ or } 7}", "5"),
     (r"\boxed{18 \text{ dollars and } 50 \text{ cents}}", "18"),
-    (r"\boxed{5 apples}", "5"),  # a count noun is not in UNITS
+    (r"\boxed{5 apples}", "5"),  # a count noun is not in UNITS, and bare it reads as variables
+    (r"\boxed{12 \text{ dozen}}", "12"),  # a word in \text{} that changes the number
+    (r"\boxed{12 \text{ thousand}}", "12"),
+    (r"\boxed{3 \text{ tenths}}", "3"),
+    (r"\boxed{3 \text{ quarters}}", "3"),
+    (r"\boxed{3 \text{ squared}}", "3"),
+    (r"\boxed{12 \text{ Apples}}", "12"),  # one lower-case word only
     (r"\boxed{n \geq 3}", "3"),
     (r"\boxed{x > 3}", "3"),
+    # a relation, a connective or an arrow is not the value it mentions (math-verify alone: equal)
+    (r"\boxed{\neq 6}", "6"), (r"\boxed{\ne 6}", "6"), (r"\boxed{\not= 7}", "7"),
+    (r"\boxed{7 ≠ 8}", "8"), (r"\boxed{\ge 6}", "6"), (r"\boxed{\geq 6}", "6"), (r"\boxed{≥ 6}", "6"),
+    (r"\boxed{\le 7}", "7"), (r"\boxed{> 7}", "7"), (r"\boxed{< 7}", "7"), (r"\boxed{\gt 7}", "7"),
+    (r"\boxed{x \leq 3}", "3"), (r"\boxed{7 \lor 8}", "8"), (r"\boxed{7 \vee 8}", "8"),
+    (r"\boxed{7 ∨ 8}", "8"), (r"\boxed{7 \land 8}", "8"),
+    (r"\boxed{7 \to 8}", "8"), (r"\boxed{7 \rightarrow 8}", "8"), (r"\boxed{7 \Rightarrow 8}", "8"),
+    (r"\boxed{7 \implies 8}", "8"), (r"\boxed{7 \iff 8}", "8"), (r"\boxed{7 → 8}", "8"),
+    (r"\boxed{7 \mapsto 8}", "8"), (r"\boxed{\neg 7}", "7"), (r"\boxed{x \in 8}", "8"),
+    (r"\boxed{7 \equiv 8}", "8"), (r"\boxed{\pm 3}", "3"),
+    # an equation that assigns nothing: its right side is not the answer (\pi names nothing)
+    (r"\boxed{x^2 = 25}", "25"), (r"\boxed{2+1=4}", "4"), (r"\boxed{3 \cdot 5 = 16}", "16"),
+    (r"\boxed{\sqrt{2} = 5}", "5"), (r"\boxed{\pi = 3}", "3"), (r"\boxed{\infty = 5}", "5"),
+    (r"\boxed{\sin = 3}", "3"), (r"\boxed{\frac{1}{2} = 3}", "3"),
     (r"\boxed{three}", "3"),
     # commas: thousands only as 1-3 digits then groups of exactly 3, no space, no leading 0
     (r"\boxed{12, 345}", "12345"),
@@ -157,7 +177,8 @@ TABLE = [  # (reference, completion, expected)
     ("5", r"\boxed{5\text{ m}}", True),  # a one-letter unit inside \text
     ("5", r"\boxed{5 \mathrm{~kg}}", True),
     ("5", r"\boxed{5m}", False),  # a bare letter is a variable
-    ("12", r"\boxed{12 \text{ apples}}", False),  # a count noun is not a unit
+    ("12", r"\boxed{12 \text{ apples}}", True),  # \text{} after a number names what it counts
+    ("1000", r"\boxed{1,000 \text{ marbles}}", True),
     ("2000000", r"\boxed{2 \text{ million}}", True),
     ("1500000000", r"\boxed{1.5 billion}", True),
     ("2", r"\boxed{2 \text{ million}}", False),
@@ -302,6 +323,33 @@ TABLE = [  # (reference, completion, expected)
     ("34", "So the sum is 34.\n\nAnswer: 34", True),
     ("34", "Answer: 34 (since 17 + 17)", False),  # words after the number void it
     ("7", "7", True),  # the built-in task answers with a bare number
+    # ---- chat models: Markdown and LaTeX around the final answer
+    ("7", "The answer is **7**.", True),
+    ("7", "The answer is __7__.", True),
+    ("42", "**Answer:**\n42", True),  # the cue ends its line: the next line with text
+    ("42", "The final answer is:\n\n42", True),
+    ("42", "Final answer:\n42", True),
+    ("42", "**Final answer**: 42", True),
+    ("42", "### Final Answer\n\n42", True),  # a heading that is only "Final Answer"
+    ("42", "**Final Answer**\n\n42", True),
+    ("7", "## Answer\n\n**7**", True),
+    ("7", "#### Final Answer\nThe answer is 7.", True),  # a Markdown heading, not GSM8K's ####
+    ("72", "####\n72", True),
+    ("1000", r"The final answer is $\$1,000$.", True),  # \$ inside $...$ is a dollar sign
+    ("42", "The answer is $$42$$.", True),
+    ("42", "Answer: **$42$**", True),
+    ("0.5", r"The answer is \( \frac{1}{2} \).", True),
+    ("42", "**Answer:**\n\nMaybe 42, maybe 41", False),  # the next line must state the answer
+    ("7", "#### Final Answer", False),  # a heading with nothing under it
+    # ---- relations, equations and names
+    ("2+3=5", r"\boxed{2 + 3 = 5}", True),  # the same statement
+    ("5", r"\boxed{2+3=5}", False),  # even a true equation is not the value: box the value
+    ("2x", r"\boxed{f(x) = 2x}", True),  # a function's name
+    ("5", r"\boxed{x_{n+1} = 5}", True),
+    ("5", r"\boxed{\overline{AB} = 5}", True),
+    ("4", r"\boxed{\alpha = 4}", True),
+    (r"x \ge 3", r"\boxed{3 \le x}", MV),  # both relations: math-verify compares them
+    (r"\pm 3", r"\boxed{3, -3}", MV),
 ]
 
 

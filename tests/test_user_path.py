@@ -362,7 +362,7 @@ def test_without_matplotlib_train_and_compare_runs_say_how_to_get_the_picture(tm
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tracker = types.SimpleNamespace(summary=lambda: {"stable": 0.0})
     run = types.SimpleNamespace(cfg=types.SimpleNamespace(out_dir=str(out)), tracker=tracker,
-                                nonfinite_skipped=0)
+                                nonfinite_skipped=0, verifier="built-in rule")
     train.finish(run, str(out / "metrics.jsonl"))
     said = [line for line in capsys.readouterr().out.splitlines() if "metrics.png" in line]
     assert said == ["metrics.png not drawn: matplotlib is not installed (pip install matplotlib); the "
