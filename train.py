@@ -533,8 +533,10 @@ def evaluate(run: Run, step: int) -> dict:
                                    seed=cfg.seed * 1_000_003 + step)
     out = {f"eval/pass@{k}": result[f"pass@{k}"] for k in ks}
     out["eval/entropy"] = result["entropy"]
+    out["eval/step"] = step  # RL steps behind the evaluated policy
     if run.rank == 0:
-        numbers = ", ".join(f"{key[5:]} {value:.3f}" for key, value in out.items())
+        numbers = ", ".join(f"{key[5:]} {value:.3f}" for key, value in out.items()
+                            if key != "eval/step")
         tqdm.write(f"step {step} held-out: {numbers}")
         with open(os.path.join(cfg.out_dir, "samples.jsonl"), "a") as f:  # what the model wrote
             f.writelines(json.dumps({"step": step, **s}) + "\n" for s in result["samples"])
@@ -551,11 +553,16 @@ def main(argv: list[str] | None = None) -> None:
     metrics_path = open_metrics(run, start_step)
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="RL",
                disable=rank != 0, dynamic_ncols=True)
+    # an evaluation is logged on the line of the step it follows (eval/step: the steps behind it);
+    # the one before any update, on step 0's line
     eval_metrics = evaluate(run, start_step) if start_step == 0 else {}
     for step in bar:
         record = rl_step(run, step)
         done = step + 1 == cfg.steps
         if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
+            if eval_metrics and rank == 0:  # two for step 0's line (--eval_every 1, --steps 1):
+                with open(metrics_path, "a") as f:  # the first gets a line of its own
+                    f.write(json.dumps({"step": step, **eval_metrics}) + "\n")
             eval_metrics = evaluate(run, step + 1)
         record, eval_metrics = {**record, **eval_metrics}, {}
         if rank == 0:
@@ -1193,7 +1200,7 @@ def finish(run: Run, metrics_path: str) -> None:
         json.dump(summary, f, indent=2)
     print(f"done: {json.dumps(summary)}; metrics in {metrics_path}")
     with open(metrics_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        rows = [row for line in f if line.strip() and "entropy" in (row := json.loads(line))]
     print(text_plot({"-": [r["entropy/target"] for r in rows], "*": [r["entropy"] for r in rows]},
                     "entropy (*) and its target (-), nats"))
     print(text_plot({"*": [r["reward/mean"] for r in rows]}, "mean reward (*)"))

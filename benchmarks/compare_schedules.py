@@ -98,7 +98,7 @@ def run_arm(arm: str, seed: int, base: str, args) -> dict:
             "reward_last10": statistics.mean(r["reward/mean"] for r in rows[-tenth:]),
             "track_stable": summary["tracking_error"].get("stable"),
             "track_anneal": summary["tracking_error"].get("anneal"),
-            "checkpoints": [(r["step"] + (r["step"] > 0), r["eval/entropy"],
+            "checkpoints": [(r["eval/step"], r["eval/entropy"],
                              *(r[f"eval/pass@{k}"] for k in KS)) for r in evals],
             "curve": [(r["step"], r["entropy"], r["entropy/target"]) for r in rows]}
 

@@ -660,3 +660,15 @@ class Exploit:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def test_every_evaluation_is_logged_when_two_fall_on_step_0(base_model, tmp_path):
+    """--eval_every 1 evaluates before step 0 and after it: both reach metrics.jsonl, each with the
+    number of RL steps behind the policy it measured (eval/step), and the run still finishes."""
+    out = tmp_path / "every1"
+    train.main(["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0",
+                "--eval_every", "1", *TINY, "--out_dir", str(out)])
+    rows = metrics(out)
+    assert [(r["step"], r.get("eval/step")) for r in rows] == [(0, 0), (0, 1), (1, 2)]
+    assert "entropy" not in rows[0] and "entropy" in rows[1]  # the start's own line, then step 0
+    assert json.load(open(out / "summary.json"))["tracking_error"]
