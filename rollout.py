@@ -18,7 +18,9 @@ temperature). One logsumexp serves both: that is the "fused" part. The logits ar
 
 The logits are multiplied in the precision the sampler's lm_head uses (bf16 on GPUs, fp32 on a
 CPU); everything after that matmul is fp32. So the trainer scores the distribution the sampler drew
-from, up to kernel differences that `sampler_mismatch` measures.
+from, up to kernel differences that `sampler_mismatch` measures. The backward's two matmuls (dL/dz
+times W, and dL/dz^T times h) run in that precision too, with fp32 accumulation; dL/dz itself is
+built in fp32.
 
 The rest is the policy's side of the RL loop:
   * `load_policy`, `format_prompts`, `stop_token_ids`: any HF causal LM with its tokenizer,
@@ -111,15 +113,20 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
     def _backward(ctx, grad_logp, grad_entropy):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
         chunk_size, temperature, matmul_dtype = ctx.chunk_size, ctx.temperature, ctx.matmul_dtype
-        weight_m, weight_f = weight.to(matmul_dtype), weight.float()  # gradients are fp32 math
+        # The two (n x V x H) matmuls of the gradients run in bf16 when the logits were multiplied in
+        # bf16 (fp32 accumulation inside the matmul, as Liger's fused linear cross-entropy), in fp32
+        # otherwise; the softmax and entropy arithmetic that builds dL/dz is fp32 either way. fp16
+        # keeps fp32: its narrow exponent would flush the small gradients of dL/dz to zero.
+        grad_dtype = torch.bfloat16 if matmul_dtype == torch.bfloat16 else torch.float32
+        weight_m, weight_g = weight.to(matmul_dtype), weight.to(grad_dtype)
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()
         grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.float()
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
-        grad_weight = torch.zeros_like(weight_f) if ctx.needs_input_grad[1] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None  # fp32: the chunks' sum
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             z = (hidden[start:end].to(matmul_dtype) @ weight_m.T).float()  # (n, V): the forward's logits
-            h = hidden[start:end].float()  # (n, H)
             if temperature != 1.0:
                 z.div_(temperature)
             log_p = z.sub_(lse[start:end, None])  # (n, V), in place: log softmax
@@ -130,9 +137,15 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
             grad_z.scatter_add_(1, labels[start:end, None], g_logp)
             if temperature != 1.0:
                 grad_z.div_(temperature)
-            grad_hidden[start:end] = grad_z @ weight_f  # (n, H)
-            if grad_weight is not None:
+            grad_z = grad_z.to(grad_dtype)  # (n, V); a no-op in fp32
+            h = hidden[start:end].to(grad_dtype)  # (n, H)
+            grad_hidden[start:end] = grad_z @ weight_g  # (n, H)
+            if grad_weight is None:
+                continue
+            if grad_dtype == torch.float32:
                 grad_weight.addmm_(grad_z.T, h)  # (V, H)
+            else:
+                grad_weight.add_(grad_z.T @ h)  # (V, H): a bf16 product, summed in fp32
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         return grad_hidden.to(hidden.dtype), grad_weight, None, None, None
 
