@@ -391,10 +391,9 @@ def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     hook on the decoder keeps its final, normed hidden states, and only those: asking for
     `output_hidden_states` would hold every layer's states alive (tens of GB at 7B). The fused
     head then scores them. Position ids come from the attention mask, as `generate` builds them.
-    Columns that are padding in every row are dropped first (`trim_left_padding`): they change
-    nothing but the cost.
+    Columns that are padding in every row change nothing but the cost: callers cut them off first
+    (`micro_batches` says where).
     """
-    input_ids, attention_mask = trim_left_padding(input_ids, attention_mask)
     captured = {}
 
     def keep_last_hidden(module, args, output):
@@ -425,27 +424,31 @@ def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     return logp.view(B, T), entropy.view(B, T)
 
 
-def trim_left_padding(input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the leading columns that are padding in every row of a left-padded batch.
-
-    >>> ids, mask = trim_left_padding(torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]),
-    ...                               torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]))
-    >>> ids.tolist(), mask.tolist()
-    ([[0, 5, 6], [7, 8, 9]], [[0, 1, 1], [1, 1, 1]])
-    """
-    first = int(attention_mask.any(dim=0).long().argmax())  # the first column any row uses
-    return input_ids[:, first:], attention_mask[:, first:]
-
-
 def length_sorted(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B,) row order, shortest first: micro-batches cut from it hold rows of similar length, so
-    `trim_left_padding` drops most of their padding. Sums over tokens do not depend on row order.
+    that cutting their shared left padding drops most of it. Sums over tokens do not depend on
+    row order.
 
     >>> length_sorted(torch.tensor([[1, 1, 1], [0, 0, 1], [0, 1, 1]])).tolist()
     [1, 2, 0]
     """
     return torch.argsort(attention_mask.sum(dim=1), stable=True)
+
+
+def micro_batches(attention_mask: torch.Tensor, rows: torch.Tensor,
+                  size: int) -> list[tuple[torch.Tensor, int]]:
+    """`rows` of a left-padded batch cut into micro-batches of `size` in `length_sorted` order,
+    each with its first column that any of its rows uses: `input_ids[rows, first:]` drops the
+    padding all of them share. The columns are read from the device once for the whole list, not
+    once per micro-batch, so a loop over them never waits for the device.
+
+    >>> mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    >>> [(rows.tolist(), first) for rows, first in micro_batches(mask, torch.arange(3), 2)]
+    [([0, 2], 1), ([1], 0)]
+    """
+    pieces = rows[length_sorted(attention_mask[rows])].split(size)
+    firsts = torch.stack([attention_mask[p].any(dim=0).long().argmax() for p in pieces]).tolist()
+    return list(zip(pieces, firsts))
 
 
 @torch.no_grad()
@@ -454,14 +457,16 @@ def policy_logprobs_and_entropy(model, rollouts: Rollouts, micro_batch_size: int
                                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """No-grad (logp, entropy), each (B, T), of a whole rollout batch, micro-batch by micro-batch
     (the "old" log-probs of PPO's ratio and the entropy the controller measures). Rows go
-    through in `length_sorted` order and come back in their own."""
+    through as `micro_batches` cuts them (length-sorted, shared padding dropped) and come back in
+    their own order."""
     input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
-    T = rollouts.completion_ids.shape[1]
-    order = length_sorted(attention_mask)  # (B,)
-    pieces = [sequence_logprobs_and_entropy(model, input_ids[rows], attention_mask[rows], T,
-                                            chunk_size, temperature)
-              for rows in order.split(micro_batch_size)]
-    logp = torch.empty(order.shape[0], T, device=input_ids.device)  # (B, T) fp32
+    B, T = rollouts.completion_ids.shape
+    plan = micro_batches(attention_mask, torch.arange(B, device=input_ids.device), micro_batch_size)
+    pieces = [sequence_logprobs_and_entropy(model, input_ids[rows, first:],
+                                            attention_mask[rows, first:], T, chunk_size, temperature)
+              for rows, first in plan]
+    order = torch.cat([rows for rows, _ in plan])  # (B,)
+    logp = torch.empty(B, T, device=input_ids.device)  # (B, T) fp32
     entropy = torch.empty_like(logp)
     logp[order] = torch.cat([p[0] for p in pieces])
     entropy[order] = torch.cat([p[1] for p in pieces])

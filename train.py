@@ -58,8 +58,8 @@ from loss import (COV_METHODS, LOSS_AGG_MODES, group_advantages, groups_with_sig
                   truncated_is_weights)
 from reward import make_verifier, math_reward, overlong_penalty
 from testbed import is_testbed_model
-from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, length_sorted,
-                     load_policy, policy_logprobs_and_entropy, sampler_mismatch,
+from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts, load_policy,
+                     micro_batches, policy_logprobs_and_entropy, sampler_mismatch,
                      sequence_logprobs_and_entropy, stop_token_ids)
 
 
@@ -415,6 +415,12 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     count, summed over ranks, so the objective is the same whatever the number of ranks and
     micro-batches. FSDP averages gradients over ranks; our loss is already a global mean, hence
     `* world_size`.
+
+    The model trains in training mode, which activation checkpointing needs (its layers recompute
+    only then), and goes back to the mode it came in. Dropout is off (`disable_dropout`), so both
+    modes compute the same function: the ratio's old and new log-probs come from one policy. The
+    loop never waits for the device: statistics are summed as tensors where they are and read
+    once, at the end; an optimizer step reads one number, whether its gradient norm is finite.
     """
     B = rollouts.completion_ids.shape[0]
     mask = rollouts.loss_mask  # (B, T)
@@ -430,43 +436,44 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
                  "cov_method": cfg.cov_method, "cov_ratio": cfg.cov_ratio, **knobs}
     input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
     T = rollouts.completion_ids.shape[1]
-    totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
-    stat_sums: dict[str, float] = {}
-    for u, mini_batch in enumerate(mini_batches):
+    plans = [micro_batches(attention_mask, rows, cfg.micro_batch_size) for rows in mini_batches]
+    sums: dict[str, torch.Tensor] = {}  # loss and statistics, token-weighted, on the device
+    grad_norms, skipped = [], 0
+    was_training = model.training
+    model.train()
+    for u, plan in enumerate(plans):
         tokens = counts[f"tokens_{u}"]
         optimizer.zero_grad(set_to_none=True)
-        order = mini_batch[length_sorted(attention_mask[mini_batch])]  # (per_update,)
-        for rows in order.split(cfg.micro_batch_size):  # micro-batches of similar length
+        for rows, first in plan:  # micro-batches of similar length, shared padding cut
             with autocast(model):
                 logprobs, entropy = sequence_logprobs_and_entropy(
-                    model, input_ids[rows], attention_mask[rows], T, cfg.logprob_chunk_size,
-                    cfg.temperature)  # (b, T) each
+                    model, input_ids[rows, first:], attention_mask[rows, first:], T,
+                    cfg.logprob_chunk_size, cfg.temperature)  # (b, T) each
             loss, stats = policy_loss(
                 logprobs, old_logprobs[rows], advantages[rows], mask[rows], num_tokens=tokens,
                 entropy=entropy, ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],
                 is_weights=None if is_weights is None else is_weights[rows], **loss_args)
             (loss * world_size).backward()
-            totals["loss/policy"] += loss.item()
-            weight = float(mask[rows].sum()) / max(tokens, 1.0)
+            sums["policy"] = sums.get("policy", 0.0) + loss.detach()
+            share = mask[rows].sum() / max(tokens, 1.0)  # of the mini-batch's tokens, all ranks
             for key, value in stats.items():
-                stat_sums[key] = stat_sums.get(key, 0.0) + value * weight
+                sums[key] = sums.get(key, 0.0) + value * share
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         if not torch.isfinite(grad_norm):  # every rank sees the same global norm: all skip together
             warnings.warn(f"non-finite gradient norm ({grad_norm.item()}); update skipped")
             optimizer.zero_grad(set_to_none=True)
-            totals["nonfinite_skipped"] += 1
+            skipped += 1
             continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next rollout
-        totals["grad_norm"] += grad_norm.item() / num_updates
+        grad_norms.append(grad_norm)
+    model.train(was_training)
     # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
-    summed = all_reduce_sum({"loss/policy": totals["loss/policy"],
-                             **{f"loss/{key}": stat_sums[key] for key in sorted(stat_sums)}},
-                            device)
-    out = {"loss/policy": summed.pop("loss/policy") / num_updates,
-           "grad_norm": totals["grad_norm"], "nonfinite_skipped": totals["nonfinite_skipped"],
-           **{key: value / num_updates for key, value in summed.items()}}
+    summed = all_reduce_sum({f"loss/{key}": sums[key] for key in sorted(sums)}, device)
+    out = {key: value / num_updates for key, value in summed.items()}
+    out["grad_norm"] = float(torch.stack(grad_norms).sum()) / num_updates if grad_norms else 0.0
+    out["nonfinite_skipped"] = skipped
     mass, frac = out.pop("loss/clip_high_mass"), out["loss/clipfrac_high"]
     out["loss/clip_high_p"] = mass / frac if frac > 0 else None  # old p of the tokens clipped high
     return out
@@ -730,6 +737,7 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
     num_params = sum(p.numel() for p in model.parameters())
     if device.type == "cpu" and num_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # see SMALL_MODEL
+    disable_dropout(model)  # the ratio's old and new log-probs: one function in either mode
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if cfg.system_prompt is None and cfg.dataset not in ("arithmetic", "dapo-math"):  # DAPO: own
@@ -741,6 +749,7 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
     if cfg.kl_coef > 0:  # a frozen copy of the starting policy
         ref_model, _ = load_policy(initial_path, device)
         ref_model.requires_grad_(False)
+        disable_dropout(ref_model)
     stop_ids = stop_token_ids(tokenizer, model)  # EOS and the chat template's end of turn
     if dist.is_initialized():  # FSDP2 under torchrun, one rank included
         shard_model(model)
@@ -810,12 +819,31 @@ def make_schedule(cfg: Config) -> EntropySchedule:
 
 
 def enable_activation_checkpointing(model) -> None:
-    """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2)."""
+    """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2).
+    transformers' layers recompute only in training mode, which `policy_update` sets."""
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is
         # deprecated there)
         model.activation_checkpointing_enable({"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def disable_dropout(model) -> None:
+    """No dropout anywhere, as TRL's `disable_dropout`: p = 0 in every nn.Dropout, 0.0 in every
+    float attribute named like a dropout rate (attention modules keep `attention_dropout` from
+    the config) and in the config (which some models read at call time). Training and
+    evaluation mode then compute the same function: the log-probs of the update are those the
+    old policy's pass measured, up to the update itself. RL recipes fine-tune without dropout."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name, value in (vars(config) if config is not None else {}).items():
+        if ("dropout" in name or name.endswith("_pdrop")) and isinstance(value, float):
+            setattr(config, name, 0.0)
 
 
 NO_SIGNAL_WARN_STEPS = 5

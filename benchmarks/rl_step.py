@@ -213,7 +213,6 @@ def rl_step(model, tokenizer, optimizer, prompts: list[str], cfg: train.Config, 
     advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale)  # (B,)
 
     def update_phase():
-        model.train()
         return train.policy_update(model, optimizer, rollouts, old_logprobs, advantages, cfg, {},
                                    device, world_size)
 
@@ -261,6 +260,7 @@ def main(argv=None) -> None:
     model = build_model(args.shape, device)
     num_params = sum(p.numel() for p in model.parameters())  # before sharding: the whole model
     embed_params = model.get_input_embeddings().weight.numel()
+    train.disable_dropout(model)  # as train.setup
     if cfg.gradient_checkpointing:
         train.enable_activation_checkpointing(model)
     if dist.is_initialized():  # FSDP2 under torchrun, one rank included (as train.py)
