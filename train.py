@@ -191,11 +191,13 @@ class Config:
     schedule: str = "stable-anneal"
     """none | constant | linear | cosine | stable-anneal | cyclic"""
     entropy_start: float | None = None
-    """target entropy (nats) of the stable phase; None: H0, the entropy measured at step 0"""
+    """target entropy (nats) of the stable phase; None: H0, the entropy measured at step 0 (with
+    --passk_goal: the goal's share of H0)"""
     entropy_end: float | None = None
-    """target at the end of the anneal; None: 0.3 x entropy_start"""
-    stable_frac: float = 0.5
-    """stable-anneal: fraction of the run held at entropy_start"""
+    """target at the end of the anneal; None: 0.3 x entropy_start (with --passk_goal: the goal's
+    share of entropy_start)"""
+    stable_frac: float | None = None
+    """stable-anneal: fraction of the run held at entropy_start; None: 0.5, or --passk_goal's"""
     anneal_shape: str = "cosine"
     """linear | cosine"""
     cycle_period: int = 50
@@ -203,8 +205,8 @@ class Config:
     entropy_warmup_steps: int = 0
     """ramp the entropy target from the measured entropy to entropy_start over N steps"""
     passk_goal: int = 0
-    """> 0: a stable-anneal schedule chosen for this pass@k (schedule_for_goal; overrides
-    --schedule)"""
+    """> 0: a stable-anneal schedule proposed for this pass@k (schedule_for_goal); the entropy
+    flags above that are set explicitly override its proposal"""
     controller: str = "pid-entropy"
     """pid (the paper's: eps_high) | pid-entropy (a signed entropy coefficient) | skywork
     (entropy bonus) | balance (positive vs negative advantage weights)"""
@@ -228,8 +230,9 @@ class Config:
     """supervised warm-start steps (batches of 64) of the built-in model (testbed.py)"""
 
     def resolved(self, world_size: int = 1) -> "Config":
-        """A copy with every None filled in: the --loss presets, the data set's token budget, and
-        the optimisation values of the built-in model or of a pretrained one."""
+        """A copy with every None filled in: the --loss presets, the data set's token budget, the
+        optimisation values of the built-in model or of a pretrained one, and the --passk_goal
+        rule's stable_frac."""
         presets = {"grpo": ("seq-mean-token-mean", 0.2, False, "std"),
                    "dapo": ("token-mean", 0.28, True, "std"),
                    "dr_grpo": ("seq-mean-token-sum-norm", 0.2, False, "none")}
@@ -248,7 +251,9 @@ class Config:
             lr_warmup_steps=pick(self.lr_warmup_steps, 0 if builtin else 10),
             updates_per_step=pick(self.updates_per_step, 4 if builtin else
                                   next(u for u in (4, 2, 1) if per_rank % u == 0)),
-            micro_batch_size=pick(self.micro_batch_size, 32 if builtin else 4))
+            micro_batch_size=pick(self.micro_batch_size, 32 if builtin else 4),
+            stable_frac=pick(self.stable_frac, 0.5 if self.passk_goal <= 0 else
+                             schedule_for_goal(self.passk_goal, self.steps).stable_frac))
 
 
 # ============================================================================ the RL step
@@ -688,6 +693,9 @@ def validate(cfg: Config, world_size: int) -> None:
         need(value is None or value > 0, f"--{name} must be > 0 nats, got {value}")
     need(0 <= cfg.stable_frac <= 1, f"--stable_frac must be in [0, 1], got {cfg.stable_frac}")
     need(cfg.passk_goal >= 0, f"--passk_goal must be >= 0, got {cfg.passk_goal}")
+    need(cfg.passk_goal == 0 or cfg.schedule == "stable-anneal",
+         f"--passk_goal proposes a stable-anneal schedule, --schedule asks for {cfg.schedule}: "
+         "drop one of the two")
     need(cfg.cycle_period >= 2, f"--cycle_period must be >= 2, got {cfg.cycle_period}")
     try:
         ks = [int(k) for k in cfg.eval_k.split(",")]
@@ -809,9 +817,18 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
 
 
 def make_schedule(cfg: Config) -> EntropySchedule:
-    """The run's schedule; targets left unset are relative to H0, the entropy at the first step."""
-    if cfg.passk_goal > 0:  # the goal rule sets start, end and stable_frac (over --schedule)
-        return schedule_for_goal(cfg.passk_goal, cfg.steps, cfg.entropy_start)
+    """The run's schedule; targets left unset are relative to H0, the entropy at the first step.
+
+    --passk_goal proposes a stable-anneal schedule (`schedule_for_goal`): a stable target that is
+    a share of H0, an anneal to a share of that target, and stable_frac (`Config.resolved` fills
+    it in). --entropy_start (the stable target in nats), --entropy_end, --stable_frac,
+    --entropy_warmup_steps and --anneal_shape, where given, replace the proposal's values.
+    """
+    if cfg.passk_goal > 0:
+        return dataclasses.replace(schedule_for_goal(cfg.passk_goal, cfg.steps),
+                                   start=cfg.entropy_start, end=cfg.entropy_end,
+                                   stable_frac=cfg.stable_frac, anneal_shape=cfg.anneal_shape,
+                                   warmup_steps=cfg.entropy_warmup_steps)
     return EntropySchedule(cfg.schedule, start=cfg.entropy_start, end=cfg.entropy_end,
                            total_steps=cfg.steps, stable_frac=cfg.stable_frac,
                            anneal_shape=cfg.anneal_shape, period=cfg.cycle_period,
