@@ -7,7 +7,7 @@ are averaged by FSDP, and the numbers a step logs are summed across ranks here, 
   * `setup_distributed` / `teardown_distributed`: one process per GPU under torchrun (NCCL), or
     processes on a CPU (gloo), or one plain process.
   * `all_reduce_sum({"tokens": 3.0, ...})` and `all_gather_list([...])`: values travel by name, or
-    as lists in rank order; identities on one process.
+    as lists in rank order; identities on one process. Tensors are read back once per call.
   * `shard_model`: FSDP2's `fully_shard` on every decoder layer, then on the root.
   * `generation_mode`: gather the weights once, generate with no collectives, shard again.
   * `autocast`: bf16 compute for a model on a GPU that FSDP does not manage.
@@ -63,14 +63,17 @@ def teardown_distributed() -> None:
     os._exit(0)
 
 
-def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each named number summed over all ranks (in float64; the identity on one process).
+def all_reduce_sum(values: dict[str, float | torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Each named number summed over all ranks (in float64; the identity on one process). Values
+    may be 0-dim tensors on the device: they are stacked where they are, and the result is read
+    back to the host once for the whole dict, not once per value.
 
-    >>> all_reduce_sum({"tokens": 12.0, "correct": 3.0}, torch.device("cpu"))
+    >>> all_reduce_sum({"tokens": 12.0, "correct": torch.tensor(3)}, torch.device("cpu"))
     {'tokens': 12.0, 'correct': 3.0}
     """
     names = list(values)  # every rank builds the same dict, so the same order
-    tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=device)
+    tensor = torch.stack([torch.as_tensor(values[name], dtype=torch.float64, device=device)
+                          for name in names])
     if dist.is_initialized():
         dist.all_reduce(tensor)
     return dict(zip(names, tensor.tolist()))

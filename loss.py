@@ -128,7 +128,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                 ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0,
                 kl_estimator: str = "k3", is_weights: torch.Tensor | None = None,
                 cov_method: str = "none",
-                cov_ratio: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                cov_ratio: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped policy-gradient loss and its statistics.
 
     logprobs, old_logprobs, mask, entropy, ref_logprobs, is_weights: (B, T); advantages: (B,) or
@@ -136,7 +136,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     0.2 / 0.28. `is_weights` (detached, e.g. `truncated_is_weights`) multiply each token's loss.
     `cov_method` "clip-cov" / "kl-cov" restrain a `cov_ratio` share of the tokens by covariance
     (Cui et al.; see `covariance`; KL-Cov replaces the clip by its penalty, as verl does).
-    Returns (loss, stats); stats are masked token means over this batch: clipfrac (any clip),
+    Returns (loss, stats); stats are 0-dim tensors (no host read: the caller reads them when it
+    logs), masked token means over this batch: clipfrac (any clip),
     clipfrac_high / clipfrac_low (ratio above 1 + eps_high with A > 0 / below 1 - eps_low with
     A < 0), approx_kl = mean(old_logp - logp), cov_frac (tokens Clip-Cov / KL-Cov restrained),
     and entropy / kl when given; clip_high_mass = mean(p_old * [clipped at the upper bound]):
@@ -186,7 +187,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         tokens = m.sum().clamp(min=1)
 
         def mean(x):
-            return ((x.float() * m).sum() / tokens).item()
+            return (x.float() * m).sum() / tokens
 
         clipped_high = (ratio > 1 + clip_high) & (advantages > 0)  # (B, T)
         stats = {
@@ -222,7 +223,7 @@ def covariance(advantages: torch.Tensor, logprobs: torch.Tensor, mask: torch.Ten
 
 def clip_cov_tokens(cov: torch.Tensor, valid: torch.Tensor, clipped: torch.Tensor, ratio: float,
                     band: tuple[float, float] = CLIP_COV_BAND) -> torch.Tensor:
-    """Clip-Cov's choice, (B, T) bool: max(1, int(ratio x valid tokens)) tokens drawn at random
+    """Clip-Cov's choice, (B, T) bool: max(1, floor(ratio x valid tokens)) tokens drawn at random
     (torch's generator) among the valid ones that PPO's clip left alone and whose covariance lies
     inside `band`; fewer when fewer qualify.
 
@@ -231,26 +232,32 @@ def clip_cov_tokens(cov: torch.Tensor, valid: torch.Tensor, clipped: torch.Tenso
     tensor([[False,  True, False, False]])
     """
     in_band = valid & ~clipped & (cov > band[0]) & (cov < band[1])
-    candidates = in_band.flatten().nonzero().squeeze(1)
-    count = min(max(1, int(ratio * int(valid.sum()))), candidates.numel())
-    chosen = candidates[torch.randperm(candidates.numel(), device=cov.device)[:count]]
-    picked = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
-    picked[chosen] = True
-    return picked.view_as(cov)
+    draw = torch.where(in_band, torch.rand(cov.shape, device=cov.device), -1.0)  # (B, T)
+    return in_band & (_rank(draw) < _token_count(valid, ratio))  # a uniform random subset
 
 
 def kl_cov_tokens(cov: torch.Tensor, valid: torch.Tensor, ratio: float) -> torch.Tensor:
-    """KL-Cov's choice, (B, T) bool: the max(1, int(ratio x valid tokens)) valid tokens of largest
-    covariance.
+    """KL-Cov's choice, (B, T) bool: the max(1, floor(ratio x valid tokens)) valid tokens of
+    largest covariance.
 
     >>> kl_cov_tokens(torch.tensor([[3., 1., 2.]]), torch.tensor([[True, True, True]]), 0.5)
     tensor([[ True, False, False]])
     """
-    count = max(1, int(ratio * int(valid.sum())))
-    scores = torch.where(valid, cov, -torch.inf).flatten()
-    picked = torch.zeros(cov.numel(), dtype=torch.bool, device=cov.device)
-    picked[scores.topk(min(count, int(valid.sum()))).indices] = True
-    return picked.view_as(cov)
+    return valid & (_rank(torch.where(valid, cov, -torch.inf)) < _token_count(valid, ratio))
+
+
+def _token_count(valid: torch.Tensor, ratio: float) -> torch.Tensor:
+    """max(1, floor(ratio x valid tokens)), a 0-dim tensor: counted on the device, never read."""
+    return (valid.sum(dtype=torch.float64) * ratio).floor().clamp(min=1)
+
+
+def _rank(scores: torch.Tensor) -> torch.Tensor:
+    """Each element's place in descending order, 0 for the largest, same shape: a top-k whose k
+    stays on the device (`topk` would need it on the host)."""
+    order = scores.flatten().argsort(descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank.view_as(scores)
 
 
 # ----------------------------------------------------------------------------- the sampler's mismatch

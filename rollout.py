@@ -18,7 +18,9 @@ temperature). One logsumexp serves both: that is the "fused" part. The logits ar
 
 The logits are multiplied in the precision the sampler's lm_head uses (bf16 on GPUs, fp32 on a
 CPU); everything after that matmul is fp32. So the trainer scores the distribution the sampler drew
-from, up to kernel differences that `sampler_mismatch` measures.
+from, up to kernel differences that `sampler_mismatch` measures. The backward's two matmuls (dL/dz
+times W, and dL/dz^T times h) run in that precision too, with fp32 accumulation; dL/dz itself is
+built in fp32.
 
 The rest is the policy's side of the RL loop:
   * `load_policy`, `format_prompts`, `stop_token_ids`: any HF causal LM with its tokenizer,
@@ -111,15 +113,20 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
     def _backward(ctx, grad_logp, grad_entropy):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
         chunk_size, temperature, matmul_dtype = ctx.chunk_size, ctx.temperature, ctx.matmul_dtype
-        weight_m, weight_f = weight.to(matmul_dtype), weight.float()  # gradients are fp32 math
+        # The two (n x V x H) matmuls of the gradients run in bf16 when the logits were multiplied in
+        # bf16 (fp32 accumulation inside the matmul, as Liger's fused linear cross-entropy), in fp32
+        # otherwise; the softmax and entropy arithmetic that builds dL/dz is fp32 either way. fp16
+        # keeps fp32: its narrow exponent would flush the small gradients of dL/dz to zero.
+        grad_dtype = torch.bfloat16 if matmul_dtype == torch.bfloat16 else torch.float32
+        weight_m, weight_g = weight.to(matmul_dtype), weight.to(grad_dtype)
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()
         grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.float()
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
-        grad_weight = torch.zeros_like(weight_f) if ctx.needs_input_grad[1] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None  # fp32: the chunks' sum
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             z = (hidden[start:end].to(matmul_dtype) @ weight_m.T).float()  # (n, V): the forward's logits
-            h = hidden[start:end].float()  # (n, H)
             if temperature != 1.0:
                 z.div_(temperature)
             log_p = z.sub_(lse[start:end, None])  # (n, V), in place: log softmax
@@ -130,9 +137,15 @@ class FusedLinearLogprobEntropy(torch.autograd.Function):
             grad_z.scatter_add_(1, labels[start:end, None], g_logp)
             if temperature != 1.0:
                 grad_z.div_(temperature)
-            grad_hidden[start:end] = grad_z @ weight_f  # (n, H)
-            if grad_weight is not None:
+            grad_z = grad_z.to(grad_dtype)  # (n, V); a no-op in fp32
+            h = hidden[start:end].to(grad_dtype)  # (n, H)
+            grad_hidden[start:end] = grad_z @ weight_g  # (n, H)
+            if grad_weight is None:
+                continue
+            if grad_dtype == torch.float32:
                 grad_weight.addmm_(grad_z.T, h)  # (V, H)
+            else:
+                grad_weight.add_(grad_z.T @ h)  # (V, H): a bf16 product, summed in fp32
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         return grad_hidden.to(hidden.dtype), grad_weight, None, None, None
 
@@ -485,10 +498,9 @@ def sequence_logprobs_and_entropy(model, input_ids: torch.Tensor, attention_mask
     `output_hidden_states` would hold every layer's states alive (tens of GB at 7B). The fused
     head then scores them, with what the model's forward does after its lm_head: a constant scale
     (`LOGIT_SCALES`: Falcon-H1, Granite, Cohere) or Gemma's soft-cap. Position ids come from the
-    attention mask, as `generate` builds them. Columns that are padding in every row are dropped
-    first (`trim_left_padding`): they change nothing but the cost.
+    attention mask, as `generate` builds them. Columns that are padding in every row change
+    nothing but the cost: callers cut them off first (`micro_batches` says where).
     """
-    input_ids, attention_mask = trim_left_padding(input_ids, attention_mask)
     captured = {}
 
     def keep_last_hidden(module, args, output):
@@ -528,27 +540,31 @@ LOGIT_SCALES = {"falcon_h1": lambda config: config.lm_head_multiplier,
                 **dict.fromkeys(("cohere", "cohere2"), lambda config: config.logit_scale)}
 
 
-def trim_left_padding(input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the leading columns that are padding in every row of a left-padded batch.
-
-    >>> ids, mask = trim_left_padding(torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]),
-    ...                               torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]))
-    >>> ids.tolist(), mask.tolist()
-    ([[0, 5, 6], [7, 8, 9]], [[0, 1, 1], [1, 1, 1]])
-    """
-    first = int(attention_mask.any(dim=0).long().argmax())  # the first column any row uses
-    return input_ids[:, first:], attention_mask[:, first:]
-
-
 def length_sorted(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B,) row order, shortest first: micro-batches cut from it hold rows of similar length, so
-    `trim_left_padding` drops most of their padding. Sums over tokens do not depend on row order.
+    that cutting their shared left padding drops most of it. Sums over tokens do not depend on
+    row order.
 
     >>> length_sorted(torch.tensor([[1, 1, 1], [0, 0, 1], [0, 1, 1]])).tolist()
     [1, 2, 0]
     """
     return torch.argsort(attention_mask.sum(dim=1), stable=True)
+
+
+def micro_batches(attention_mask: torch.Tensor, rows: torch.Tensor,
+                  size: int) -> list[tuple[torch.Tensor, int]]:
+    """`rows` of a left-padded batch cut into micro-batches of `size` in `length_sorted` order,
+    each with its first column that any of its rows uses: `input_ids[rows, first:]` drops the
+    padding all of them share. The columns are read from the device once for the whole list, not
+    once per micro-batch, so a loop over them never waits for the device.
+
+    >>> mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    >>> [(rows.tolist(), first) for rows, first in micro_batches(mask, torch.arange(3), 2)]
+    [([0, 2], 1), ([1], 0)]
+    """
+    pieces = rows[length_sorted(attention_mask[rows])].split(size)
+    firsts = torch.stack([attention_mask[p].any(dim=0).long().argmax() for p in pieces]).tolist()
+    return list(zip(pieces, firsts))
 
 
 @torch.no_grad()
@@ -557,14 +573,16 @@ def policy_logprobs_and_entropy(model, rollouts: Rollouts, micro_batch_size: int
                                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """No-grad (logp, entropy), each (B, T), of a whole rollout batch, micro-batch by micro-batch
     (the "old" log-probs of PPO's ratio and the entropy the controller measures). Rows go
-    through in `length_sorted` order and come back in their own."""
+    through as `micro_batches` cuts them (length-sorted, shared padding dropped) and come back in
+    their own order."""
     input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
-    T = rollouts.completion_ids.shape[1]
-    order = length_sorted(attention_mask)  # (B,)
-    pieces = [sequence_logprobs_and_entropy(model, input_ids[rows], attention_mask[rows], T,
-                                            chunk_size, temperature)
-              for rows in order.split(micro_batch_size)]
-    logp = torch.empty(order.shape[0], T, device=input_ids.device)  # (B, T) fp32
+    B, T = rollouts.completion_ids.shape
+    plan = micro_batches(attention_mask, torch.arange(B, device=input_ids.device), micro_batch_size)
+    pieces = [sequence_logprobs_and_entropy(model, input_ids[rows, first:],
+                                            attention_mask[rows, first:], T, chunk_size, temperature)
+              for rows, first in plan]
+    order = torch.cat([rows for rows, _ in plan])  # (B,)
+    logp = torch.empty(B, T, device=input_ids.device)  # (B, T) fp32
     entropy = torch.empty_like(logp)
     logp[order] = torch.cat([p[0] for p in pieces])
     entropy[order] = torch.cat([p[1] for p in pieces])

@@ -63,7 +63,7 @@ from loss import (COV_METHODS, LOSS_AGG_MODES, group_advantages, groups_with_sig
 from reward import extract_answer, make_verifier, math_reward, overlong_penalty
 from testbed import is_testbed_model
 from rollout import (PolicyError, Rollouts, concat_rollouts, format_prompts, generate_rollouts,
-                     length_sorted, load_policy, policy_logprobs_and_entropy,
+                     load_policy, micro_batches, policy_logprobs_and_entropy,
                      resolve_model_path, sampler_mismatch, sequence_logprobs_and_entropy,
                      stop_token_ids)
 
@@ -204,11 +204,13 @@ class Config:
     schedule: str = "stable-anneal"
     """none | constant | linear | cosine | stable-anneal | cyclic"""
     entropy_start: float | None = None
-    """target entropy (nats) of the stable phase; None: H0, the entropy measured at step 0"""
+    """target entropy (nats) of the stable phase; None: H0, the entropy measured at step 0 (with
+    --passk_goal: the goal's share of H0)"""
     entropy_end: float | None = None
-    """target at the end of the anneal; None: 0.3 x entropy_start"""
-    stable_frac: float = 0.5
-    """stable-anneal: fraction of the run held at entropy_start"""
+    """target at the end of the anneal; None: 0.3 x entropy_start (with --passk_goal: the goal's
+    share of entropy_start)"""
+    stable_frac: float | None = None
+    """stable-anneal: fraction of the run held at entropy_start; None: 0.5, or --passk_goal's"""
     anneal_shape: str = "cosine"
     """linear | cosine"""
     cycle_period: int = 50
@@ -216,8 +218,8 @@ class Config:
     entropy_warmup_steps: int = 0
     """ramp the entropy target from the measured entropy to entropy_start over N steps"""
     passk_goal: int = 0
-    """> 0: a stable-anneal schedule chosen for this pass@k (schedule_for_goal; overrides
-    --schedule)"""
+    """> 0: a stable-anneal schedule proposed for this pass@k (schedule_for_goal); the entropy
+    flags above that are set explicitly override its proposal"""
     controller: str = "pid-entropy"
     """pid (the paper's: eps_high) | pid-entropy (a signed entropy coefficient) | skywork
     (entropy bonus) | balance (positive vs negative advantage weights)"""
@@ -241,8 +243,9 @@ class Config:
     """supervised warm-start steps (batches of 64) of the built-in model (testbed.py)"""
 
     def resolved(self, world_size: int = 1) -> "Config":
-        """A copy with every None filled in: the --loss presets, the data set's token budget, and
-        the optimisation values of the built-in model or of a pretrained one."""
+        """A copy with every None filled in: the --loss presets, the data set's token budget, the
+        optimisation values of the built-in model or of a pretrained one, and the --passk_goal
+        rule's stable_frac."""
         presets = {"grpo": ("seq-mean-token-mean", 0.2, False, "std"),
                    "dapo": ("token-mean", 0.28, True, "std"),
                    "dr_grpo": ("seq-mean-token-sum-norm", 0.2, False, "none")}
@@ -262,7 +265,9 @@ class Config:
             updates_per_step=pick(self.updates_per_step, 4 if builtin else
                                   next(u for u in (4, 2, 1) if per_rank % u == 0)),
             micro_batch_size=pick(self.micro_batch_size, 32 if builtin else 4),
-            system_prompt=pick(self.system_prompt, default_system_prompt(self.dataset)))
+            system_prompt=pick(self.system_prompt, default_system_prompt(self.dataset)),
+            stable_frac=pick(self.stable_frac, 0.5 if self.passk_goal <= 0 else
+                             schedule_for_goal(self.passk_goal, self.steps).stable_frac))
 
 
 # ============================================================================ the RL step
@@ -438,6 +443,12 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
     count, summed over ranks, so the objective is the same whatever the number of ranks and
     micro-batches. FSDP averages gradients over ranks; our loss is already a global mean, hence
     `* world_size`.
+
+    The model trains in training mode, which activation checkpointing needs (its layers recompute
+    only then), and goes back to the mode it came in. Dropout is off (`disable_dropout`), so both
+    modes compute the same function: the ratio's old and new log-probs come from one policy. The
+    loop never waits for the device: statistics are summed as tensors where they are and read
+    once, at the end; an optimizer step reads one number, whether its gradient norm is finite.
     """
     B = rollouts.completion_ids.shape[0]
     mask = rollouts.loss_mask  # (B, T)
@@ -453,43 +464,44 @@ def policy_update(model, optimizer, rollouts: Rollouts, old_logprobs, advantages
                  "cov_method": cfg.cov_method, "cov_ratio": cfg.cov_ratio, **knobs}
     input_ids, attention_mask = rollouts.input_ids, rollouts.attention_mask
     T = rollouts.completion_ids.shape[1]
-    totals = {"loss/policy": 0.0, "grad_norm": 0.0, "nonfinite_skipped": 0}
-    stat_sums: dict[str, float] = {}
-    for u, mini_batch in enumerate(mini_batches):
+    plans = [micro_batches(attention_mask, rows, cfg.micro_batch_size) for rows in mini_batches]
+    sums: dict[str, torch.Tensor] = {}  # loss and statistics, token-weighted, on the device
+    grad_norms, skipped = [], 0
+    was_training = model.training
+    model.train()
+    for u, plan in enumerate(plans):
         tokens = counts[f"tokens_{u}"]
         optimizer.zero_grad(set_to_none=True)
-        order = mini_batch[length_sorted(attention_mask[mini_batch])]  # (per_update,)
-        for rows in order.split(cfg.micro_batch_size):  # micro-batches of similar length
+        for rows, first in plan:  # micro-batches of similar length, shared padding cut
             with autocast(model):
                 logprobs, entropy = sequence_logprobs_and_entropy(
-                    model, input_ids[rows], attention_mask[rows], T, cfg.logprob_chunk_size,
-                    cfg.temperature)  # (b, T) each
+                    model, input_ids[rows, first:], attention_mask[rows, first:], T,
+                    cfg.logprob_chunk_size, cfg.temperature)  # (b, T) each
             loss, stats = policy_loss(
                 logprobs, old_logprobs[rows], advantages[rows], mask[rows], num_tokens=tokens,
                 entropy=entropy, ref_logprobs=None if ref_logprobs is None else ref_logprobs[rows],
                 is_weights=None if is_weights is None else is_weights[rows], **loss_args)
             (loss * world_size).backward()
-            totals["loss/policy"] += loss.item()
-            weight = float(mask[rows].sum()) / max(tokens, 1.0)
+            sums["policy"] = sums.get("policy", 0.0) + loss.detach()
+            share = mask[rows].sum() / max(tokens, 1.0)  # of the mini-batch's tokens, all ranks
             for key, value in stats.items():
-                stat_sums[key] = stat_sums.get(key, 0.0) + value * weight
+                sums[key] = sums.get(key, 0.0) + value * share
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         if not torch.isfinite(grad_norm):  # every rank sees the same global norm: all skip together
             warnings.warn(f"non-finite gradient norm ({grad_norm.item()}); update skipped")
             optimizer.zero_grad(set_to_none=True)
-            totals["nonfinite_skipped"] += 1
+            skipped += 1
             continue
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # free the gradients now, not after the next rollout
-        totals["grad_norm"] += grad_norm.item() / num_updates
+        grad_norms.append(grad_norm)
+    model.train(was_training)
     # loss and stats: global token-weighted means over ranks, averaged over the mini-batches
-    summed = all_reduce_sum({"loss/policy": totals["loss/policy"],
-                             **{f"loss/{key}": stat_sums[key] for key in sorted(stat_sums)}},
-                            device)
-    out = {"loss/policy": summed.pop("loss/policy") / num_updates,
-           "grad_norm": totals["grad_norm"], "nonfinite_skipped": totals["nonfinite_skipped"],
-           **{key: value / num_updates for key, value in summed.items()}}
+    summed = all_reduce_sum({f"loss/{key}": sums[key] for key in sorted(sums)}, device)
+    out = {key: value / num_updates for key, value in summed.items()}
+    out["grad_norm"] = float(torch.stack(grad_norms).sum()) / num_updates if grad_norms else 0.0
+    out["nonfinite_skipped"] = skipped
     mass, frac = out.pop("loss/clip_high_mass"), out["loss/clipfrac_high"]
     out["loss/clip_high_p"] = mass / frac if frac > 0 else None  # old p of the tokens clipped high
     return out
@@ -762,6 +774,9 @@ def validate(cfg: Config, world_size: int) -> None:
         need(value is None or value > 0, f"--{name} must be > 0 nats, got {value}")
     need(0 <= cfg.stable_frac <= 1, f"--stable_frac must be in [0, 1], got {cfg.stable_frac}")
     need(cfg.passk_goal >= 0, f"--passk_goal must be >= 0, got {cfg.passk_goal}")
+    need(cfg.passk_goal == 0 or cfg.schedule == "stable-anneal",
+         f"--passk_goal proposes a stable-anneal schedule, --schedule asks for {cfg.schedule}: "
+         "drop one of the two")
     need(cfg.cycle_period >= 2, f"--cycle_period must be >= 2, got {cfg.cycle_period}")
     try:
         ks = [int(k) for k in cfg.eval_k.split(",")]
@@ -825,6 +840,7 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
     num_params = sum(p.numel() for p in model.parameters())
     if device.type == "cpu" and num_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # see SMALL_MODEL
+    disable_dropout(model)  # the ratio's old and new log-probs: one function in either mode
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model)
     problems = format_prompts(problems, tokenizer, cfg.chat_template, cfg.system_prompt)
@@ -834,6 +850,7 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
         ref_model, _ = load_policy(initial_path, device,
                                    attn_implementation=cfg.attn_implementation)
         ref_model.requires_grad_(False)
+        disable_dropout(ref_model)
     stop_ids = stop_token_ids(tokenizer, model)  # EOS and the chat template's end of turn
     if dist.is_initialized():  # FSDP2 under torchrun, one rank included
         shard_model(model)
@@ -923,9 +940,18 @@ def load_data(cfg: Config) -> tuple[list[dict], list[dict]]:
 
 
 def make_schedule(cfg: Config) -> EntropySchedule:
-    """The run's schedule; targets left unset are relative to H0, the entropy at the first step."""
-    if cfg.passk_goal > 0:  # the goal rule sets start, end and stable_frac (over --schedule)
-        return schedule_for_goal(cfg.passk_goal, cfg.steps, cfg.entropy_start)
+    """The run's schedule; targets left unset are relative to H0, the entropy at the first step.
+
+    --passk_goal proposes a stable-anneal schedule (`schedule_for_goal`): a stable target that is
+    a share of H0, an anneal to a share of that target, and stable_frac (`Config.resolved` fills
+    it in). --entropy_start (the stable target in nats), --entropy_end, --stable_frac,
+    --entropy_warmup_steps and --anneal_shape, where given, replace the proposal's values.
+    """
+    if cfg.passk_goal > 0:
+        return dataclasses.replace(schedule_for_goal(cfg.passk_goal, cfg.steps),
+                                   start=cfg.entropy_start, end=cfg.entropy_end,
+                                   stable_frac=cfg.stable_frac, anneal_shape=cfg.anneal_shape,
+                                   warmup_steps=cfg.entropy_warmup_steps)
     return EntropySchedule(cfg.schedule, start=cfg.entropy_start, end=cfg.entropy_end,
                            total_steps=cfg.steps, stable_frac=cfg.stable_frac,
                            anneal_shape=cfg.anneal_shape, period=cfg.cycle_period,
@@ -933,12 +959,31 @@ def make_schedule(cfg: Config) -> EntropySchedule:
 
 
 def enable_activation_checkpointing(model) -> None:
-    """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2)."""
+    """Recompute each decoder layer's activations in backward (non-reentrant: works under FSDP2).
+    transformers' layers recompute only in training mode, which `policy_update` sets."""
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is
         # deprecated there)
         model.activation_checkpointing_enable({"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def disable_dropout(model) -> None:
+    """No dropout anywhere, as TRL's `disable_dropout`: p = 0 in every nn.Dropout, 0.0 in every
+    float attribute named like a dropout rate (attention modules keep `attention_dropout` from
+    the config) and in the config (which some models read at call time). Training and
+    evaluation mode then compute the same function: the log-probs of the update are those the
+    old policy's pass measured, up to the update itself. RL recipes fine-tune without dropout."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name, value in (vars(config) if config is not None else {}).items():
+        if ("dropout" in name or name.endswith("_pdrop")) and isinstance(value, float):
+            setattr(config, name, 0.0)
 
 
 NO_SIGNAL_WARN_STEPS = 5

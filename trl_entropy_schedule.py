@@ -27,6 +27,10 @@ Where it plugs in (read from TRL 1.16's grpo_trainer.py):
     receives it after the step and before the next one. That is the only hook that has the
     entropy; callbacks are handed the model and optimizer, not the trainer, so the callback is built
     with the trainer and added with `trainer.add_callback` (a documented transformers API).
+  * `on_log` hands one `logs` dict to the callbacks in their list order, and the reporters
+    (TensorBoard, W&B, the printer) come before any added callback. So when training begins the
+    callback moves itself to the front of the trainer's list: the target, knob and tracking error
+    it writes into `logs` then reach every reporter, and the trainer's log history, at that step.
 
 One optimizer step s, in the callback's `on_log` (schedule steps are optimizer steps; the
 schedule's `total_steps` is set to the trainer's `max_steps` when training begins):
@@ -122,6 +126,10 @@ class EntropyScheduleCallback(TrainerCallback):
         if state.max_steps > 0:
             self.schedule.total_steps = state.max_steps  # the schedule counts optimizer steps
         setattr(self.trainer, self.attribute, self.controller.knob)  # the controller's start
+        # first in line, so that the keys on_log writes reach the reporters; a new list, not a
+        # change to the one this event is iterating over
+        handler = self.trainer.callback_handler
+        handler.callbacks = [self] + [c for c in handler.callbacks if c is not self]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or logs.get("entropy") is None:  # eval logs `eval_entropy`; the summary none
@@ -135,7 +143,10 @@ class EntropyScheduleCallback(TrainerCallback):
         setattr(self.trainer, self.attribute, knob)  # read by the loss of the next optimizer step
         track_err = self.tracker.add(measured, target, phase)
         record = {"entropy/target": target, "entropy/knob": knob, "entropy/track_err": track_err}
-        logs.update(record)  # callbacks after this one (progress bar, printers) show them too
+        logs.update(record)  # the reporters come after this callback (on_train_begin): they log it
+        history = getattr(state, "log_history", None)
+        if history and history[-1].get("step") == state.global_step:  # trainer_state.json's copy
+            history[-1].update(record)
         self.history.append({"step": step, "entropy": measured, "phase": phase,
                              "reward": logs.get("reward"), **record})
 

@@ -9,7 +9,7 @@
     torchrun --standalone --nproc_per_node=8 benchmarks/rl_step.py --shape qwen2.5-1.5b \\
         --prompts 64 --max_new_tokens 2048 --warmup --out rl_step.json  # a multi-GPU box
 
-The model is `Qwen2ForCausalLM(config)` with random weights, built on the device from the
+The model is a Qwen2 (a Llama for llama-50m) with random weights, built on the device from the
 preset's shapes (PRESETS; nothing is downloaded), in fp32: the master weights train.py keeps. On a
 GPU the compute is bf16, as in train.py: autocast in one process, FSDP2 mixed precision under
 torchrun. The tokenizer is character-level and only encodes the synthetic prompts (each exactly
@@ -41,9 +41,10 @@ Memory, per rank, the maximum over ranks:
   * CUDA: torch.cuda.max_memory_allocated, reset before each phase, so each phase's own peak
     (weights, gradients and optimizer state alive during it included); "start" is what was
     allocated when the phase began.
-  * CPU: the process's peak RSS (getrusage ru_maxrss). It cannot be reset, so each phase shows the
-    high-water mark since the process started (Python, torch and the model included): it only
-    grows. "start" is the resident set (VmRSS) when the phase began.
+  * CPU: the process's peak resident set during the phase (Linux VmHWM, reset before each phase by
+    writing 5 to /proc/self/clear_refs), so Python, torch and the model are included; where the
+    reset is refused, the high-water mark since the process started (getrusage ru_maxrss), which
+    only grows. "start" is the resident set (VmRSS) when the phase began.
 
 --warmup runs one untimed step first, which takes one-off costs out of the timed step (CUDA context
 and kernel selection, AdamW allocating its state on the first update). Without it they are in it.
@@ -72,10 +73,15 @@ from loss import group_advantages  # noqa: E402
 from rollout import generate_rollouts, policy_logprobs_and_entropy  # noqa: E402
 from testbed import char_tokenizer  # noqa: E402
 
-# Qwen2Config fields of each shape; the two Qwen2.5 rows are the hub checkpoints' config.json values.
+# Config fields of each shape (Qwen2 unless model_type says otherwise); the two Qwen2.5 rows are the
+# hub checkpoints' config.json values. llama-50m: a 50M-parameter Llama with Llama 2's vocabulary,
+# small enough that at hundreds of tokens its activations, not its weights, fill the memory.
 PRESETS = {
     "tiny": dict(vocab_size=151936, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "llama-50m": dict(model_type="llama", vocab_size=32000, hidden_size=512, intermediate_size=1536,
+                      num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=8,
+                      tie_word_embeddings=True),
     "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-1.5b": dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -129,16 +135,17 @@ def check_args(args, world_size: int) -> None:
 
 # ----------------------------------------------------------------------------- model, tokenizer, prompts
 def build_model(shape: str, device: torch.device):
-    """Random-weight Qwen2ForCausalLM of a preset, fp32, built directly on `device`."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """Random-weight causal LM of a preset, fp32, built directly on `device`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import is_flash_attn_2_available
 
     attn = "flash_attention_2" if device.type == "cuda" and is_flash_attn_2_available() else "sdpa"  # as load_policy
-    config = Qwen2Config(**PRESETS[shape], max_position_embeddings=32768, rope_theta=1_000_000.0,
-                         rms_norm_eps=1e-6, pad_token_id=0, eos_token_id=1, bos_token_id=1,
-                         attn_implementation=attn)
+    fields = dict(PRESETS[shape])
+    config = AutoConfig.for_model(fields.pop("model_type", "qwen2"), **fields, max_position_embeddings=32768,
+                                  rope_theta=1_000_000.0, rms_norm_eps=1e-6, pad_token_id=0, eos_token_id=1,
+                                  bos_token_id=1, attn_implementation=attn)
     with device:  # no full fp32 copy in host memory on the way to a GPU
-        model = Qwen2ForCausalLM(config).to(torch.float32)
+        model = AutoModelForCausalLM.from_config(config).to(torch.float32)
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
     return model
 
@@ -158,16 +165,29 @@ def over_ranks(values: list[float], op, device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def resident_gib() -> float:
-    """This process's resident set now (Linux /proc), in GiB."""
+def proc_status_gib(field: str) -> float:
+    """A memory field of this process's /proc/self/status (VmRSS: now, VmHWM: the peak), in GiB."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 2**20
     except OSError:
         pass
     return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS measurement (Linux: VmHWM := VmRSS); False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+PEAK_RESETS = reset_peak_rss()  # whether CPU peaks are per phase or since the process started
 
 
 def measure(phase_fn, device: torch.device):
@@ -179,7 +199,8 @@ def measure(phase_fn, device: torch.device):
         torch.cuda.reset_peak_memory_stats(device)
         start_gib = torch.cuda.memory_allocated(device) / 2**30
     else:
-        start_gib = resident_gib()
+        reset_peak_rss()
+        start_gib = proc_status_gib("VmRSS")
     t0 = time.perf_counter()
     result = phase_fn()
     if device.type == "cuda":
@@ -187,6 +208,8 @@ def measure(phase_fn, device: torch.device):
     seconds = time.perf_counter() - t0
     if device.type == "cuda":
         peak_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    elif PEAK_RESETS:
+        peak_gib = proc_status_gib("VmHWM")
     else:
         peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     return result, {"seconds": seconds, "start_gib": start_gib, "peak_gib": peak_gib}
@@ -213,7 +236,6 @@ def rl_step(model, tokenizer, optimizer, prompts: list[str], cfg: train.Config, 
     advantages = group_advantages(rewards, cfg.group_size, cfg.adv_scale)  # (B,)
 
     def update_phase():
-        model.train()
         return train.policy_update(model, optimizer, rollouts, old_logprobs, advantages, cfg, {},
                                    device, world_size)
 
@@ -261,6 +283,7 @@ def main(argv=None) -> None:
     model = build_model(args.shape, device)
     num_params = sum(p.numel() for p in model.parameters())  # before sharding: the whole model
     embed_params = model.get_input_embeddings().weight.numel()
+    train.disable_dropout(model)  # as train.setup
     if cfg.gradient_checkpointing:
         train.enable_activation_checkpointing(model)
     if dist.is_initialized():  # FSDP2 under torchrun, one rank included (as train.py)
@@ -279,7 +302,7 @@ def main(argv=None) -> None:
             "one process, no FSDP"
         p = PRESETS[args.shape]
         print(f"device: {name}; {parallel}; torch {torch.__version__}, transformers {transformers.__version__}")
-        print(f"model: {args.shape} Qwen2 (vocab {p['vocab_size']}, hidden {p['hidden_size']}, "
+        print(f"model: {args.shape} {model.config.model_type} (vocab {p['vocab_size']}, hidden {p['hidden_size']}, "
               f"intermediate {p['intermediate_size']}, {p['num_hidden_layers']} layers, "
               f"{p['num_attention_heads']} heads / {p['num_key_value_heads']} kv heads, tied), "
               f"{num_params / 1e6:.1f}M parameters ({embed_params / 1e6:.1f}M in the embedding), random init, "
@@ -297,7 +320,7 @@ def main(argv=None) -> None:
 
     if rank == 0:
         memory = "CUDA max allocated, per phase" if device.type == "cuda" else \
-            "CPU peak RSS since process start (cannot be reset)"
+            ("CPU peak RSS, per phase" if PEAK_RESETS else "CPU peak RSS since process start (no reset here)")
         print(f"memory: {memory}, GiB, max over ranks; tokens: completion tokens over all ranks "
               f"({result['completion_tokens']:.0f} of {result['decoded_positions']:.0f} decoded positions are in "
               f"the loss mask), each once through every phase")

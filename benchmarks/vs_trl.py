@@ -4,11 +4,21 @@ loss, no entropy control. Time, peak memory, where the time goes, and the learni
     python benchmarks/vs_trl.py                       # 5 interleaved pairs x 30 RL steps (8 min)
     python benchmarks/vs_trl.py --pairs 7 --steps 50  # more of both
     python benchmarks/vs_trl.py --quick               # a smoke test (< 2 minutes)
+    python benchmarks/vs_trl.py --make_model runs/smollm2-135m-random   # where compute dominates:
+    python benchmarks/vs_trl.py --model runs/smollm2-135m-random --max_new_tokens 256 \
+        --prompts_per_step 4 --group_size 4 --updates_per_step 2 --micro_batch_size 8 \
+        --pairs 3 --steps 3                # a 135M model, 256-token completions (35 min)
 
 Needs TRL (`pip install "trl>=1.16,<1.17"`, the range trl_entropy_schedule.py was tested with).
 
-Both sides start from one base model (testbed.build_base_model, built once) and train on the
-built-in task's 2000 problems, each in its own process with one thread (OMP_NUM_THREADS=1):
+Both sides start from one base model (testbed.build_base_model, built once; or --model, a local
+directory with its tokenizer) and train on the built-in task's 2000 problems, each in its own
+process with one thread (OMP_NUM_THREADS=1). The built-in model (0.64M parameters, 4-token
+answers) measures overhead: the framework's own work per step. `--make_model DIR` writes a model
+that measures compute instead: a Llama with SmolLM2-135M's shapes (30 layers, width 576, 49152
+tokens; 135M parameters), random weights, and the testbed's character tokenizer. Random weights
+almost never sample EOS, so with `--max_new_tokens 256` every completion is 256 tokens long on
+both sides, and no answer scores (the loss is computed and back-propagated all the same).
 
                 ours: train.py                  TRL: GRPOTrainer (trl_entropy_schedule.trl_config)
   batch         --prompts_per_step P             generation batch P x G
@@ -22,7 +32,7 @@ built-in task's 2000 problems, each in its own process with one thread (OMP_NUM_
   no KL, no     --kl_coef 0, --schedule none     beta 0, entropy_coef 0
   entropy term
   sampling      temperature 1, top_p 1,          temperature 1, top_p 1, top_k 0,
-                4 new tokens                     max_completion_length 4
+                --max_new_tokens N (4)           max_completion_length N
   optimizer     AdamW, --lr, --lr_schedule       adamw_torch, learning_rate, lr_scheduler_type
                 constant, no warm-up or decay,   constant, warmup 0, weight_decay 0,
                 clip 1.0                         max_grad_norm 1.0
@@ -59,6 +69,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,18 +92,55 @@ def parse(argv=None):
     parser.add_argument("--updates_per_step", type=int, default=4)
     parser.add_argument("--micro_batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--max_new_tokens", type=int, default=None,
+                        help="completion length (default: the testbed's 4)")
     parser.add_argument("--warm_start_steps", type=int, default=600)
+    parser.add_argument("--model", help="a local model directory with its tokenizer (default: the "
+                        "testbed's base model, built in --out_dir)")
+    parser.add_argument("--make_model", metavar="DIR", help="write a random-weight model with "
+                        "SmolLM2-135M's shapes to DIR and exit")
     parser.add_argument("--out_dir", default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="2 pairs x 3 tiny steps: a smoke test")
     parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)  # one run
-    parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.pairs, opts.steps, opts.prompts_per_step, opts.group_size = 2, 3, 8, 4
         opts.updates_per_step, opts.micro_batch_size, opts.warm_start_steps = 2, 8, 25
+    if opts.max_new_tokens is None:
+        from testbed import MAX_NEW_TOKENS
+
+        opts.max_new_tokens = MAX_NEW_TOKENS
     return opts
+
+
+# SmolLM2-135M's config.json (a Llama): the shapes that set the cost of a step
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                    max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
+                    tie_word_embeddings=True)
+
+
+def make_model(path: str, seed: int = 0) -> None:
+    """A random-weight Llama with SmolLM2-135M's shapes and the testbed's character tokenizer
+    (which encodes the prompts; the model samples from all 49152 tokens), saved to `path`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from testbed import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    config = AutoConfig.for_model("llama", **SMOLLM2_135M, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id,
+                                  bos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    print(f"wrote {path}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
 
 
 # ---------------------------------------------------------------------------- timing
@@ -162,9 +210,11 @@ def ours_worker(opts) -> None:
                 "--micro_batch_size", str(opts.micro_batch_size), "--lr", str(opts.lr),
                 "--lr_warmup_steps", "0", "--lr_schedule", "constant", "--loss", "dapo",
                 "--dynamic_sampling", "false", "--kl_coef", "0", "--schedule", "none",
-                "--temperature", "1", "--top_p", "1",
+                "--temperature", "1", "--top_p", "1", "--max_new_tokens", str(opts.max_new_tokens),
                 "--eval_prompts", "1", "--eval_n", "1", "--eval_k", "1", "--save_every", "0"])
     write_result(opts.result, rows)
+    shutil.rmtree(os.path.join(opts.out_dir, "run", "checkpoints"), ignore_errors=True)  # weights
+    # and optimizer state: 1.6 GB a run for a 135M model, and nothing here reads them
 
 
 def trl_worker(opts) -> None:
@@ -173,14 +223,14 @@ def trl_worker(opts) -> None:
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback
     from transformers.utils import logging as hf_logging
 
-    from testbed import MAX_NEW_TOKENS
     from trl_entropy_schedule import build_trainer, require_trl, trl_config
 
     require_trl()
     hf_logging.disable_progress_bar()
     U, sequences = opts.updates_per_step, opts.prompts_per_step * opts.group_size
     cfg = trl_config(os.path.join(opts.out_dir, "trl"), opts.steps * U, opts.prompts_per_step,
-                     opts.group_size, U, opts.micro_batch_size, opts.lr, MAX_NEW_TOKENS, opts.seed)
+                     opts.group_size, U, opts.micro_batch_size, opts.lr, opts.max_new_tokens,
+                     opts.seed)
     trainer = build_trainer(opts.model, cfg)
     for quiet in (ProgressCallback, PrinterCallback):
         trainer.remove_callback(quiet)
@@ -232,7 +282,8 @@ def run_side(side: str, opts, base: str, out_dir: str, seed: int) -> dict:
             "--seed", str(seed), "--result", result, "--out_dir", out_dir,
             "--steps", str(opts.steps), "--prompts_per_step", str(opts.prompts_per_step),
             "--group_size", str(opts.group_size), "--updates_per_step", str(opts.updates_per_step),
-            "--micro_batch_size", str(opts.micro_batch_size), "--lr", str(opts.lr)]
+            "--micro_batch_size", str(opts.micro_batch_size), "--lr", str(opts.lr),
+            "--max_new_tokens", str(opts.max_new_tokens)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     with open(log_path, "w") as log:
@@ -300,8 +351,9 @@ def phase_seconds(runs: list[dict], phase: str, clock: str) -> list[float]:
 def report(opts, results: dict, base: str, load: list[tuple[float, float, float]]) -> str:
     ours, trl = results["ours"], results["trl"]
     lines = [f"{len(ours)} interleaved pairs x {opts.steps} RL steps of {opts.prompts_per_step} "
-             f"prompts x {opts.group_size} completions, {opts.updates_per_step} updates a step, "
-             "one thread each",
+             f"prompts x {opts.group_size} completions of up to {opts.max_new_tokens} tokens, "
+             f"{opts.updates_per_step} updates a step in micro-batches of {opts.micro_batch_size}, "
+             f"one thread each; model {base}",
              "load average (1, 5, 15 min) before each pair and at the end: "
              + "; ".join(f"{a:.2f} {b:.2f} {c:.2f}" for a, b, c in load), "",
              "| median [min, max] over runs | ours (train.py) | TRL GRPOTrainer |", "|---|---|---|"]
@@ -366,11 +418,16 @@ def main(argv=None) -> None:
     if opts.worker:
         (ours_worker if opts.worker == "ours" else trl_worker)(opts)
         return
+    if opts.make_model:
+        make_model(opts.make_model)
+        return
     from trl_entropy_schedule import require_trl
 
     require_trl()
     root = opts.out_dir or tempfile.mkdtemp(prefix="vs_trl_")
-    base = os.path.join(root, "base_model")
+    base = opts.model or os.path.join(root, "base_model")
+    if opts.model and not os.path.isdir(opts.model):
+        raise SystemExit(f"--model {opts.model}: no such directory (--make_model writes one)")
     if not os.path.exists(base):
         from testbed import build_base_model
 

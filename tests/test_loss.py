@@ -171,6 +171,34 @@ def test_clip_cov_stops_the_gradient_of_one_token_in_the_band():
     assert loss.item() == pytest.approx((-2 + 2 + 2) / 4) and stats["cov_frac"] == pytest.approx(0.25)
 
 
+def test_cov_methods_restrain_their_share_of_the_valid_tokens():
+    """50 tokens, the 10 of largest covariance masked out: 40 valid, ratio 0.1 -> 4 restrained.
+    KL-Cov takes the 4 valid tokens of largest covariance. Clip-Cov draws 4 of the 20 in its band
+    (1, 5), each equally likely: over 1000 draws each is picked 200 times in expectation
+    (sd 12.6); with only 3 in the band it takes those 3."""
+    from loss import clip_cov_tokens, kl_cov_tokens
+
+    cov = torch.arange(50.0).view(5, 10) / 10  # 0.0 .. 4.9
+    valid = torch.ones(5, 10, dtype=torch.bool)
+    valid.view(-1)[40:] = False
+    picked = kl_cov_tokens(cov, valid, 0.1)
+    assert picked.view(-1).nonzero().squeeze(1).tolist() == [36, 37, 38, 39]
+    in_band = (cov > 1.0) & (cov < 5.0) & valid  # 1.1 .. 3.9 valid: 29 tokens; clip 9 of them
+    clipped = torch.zeros(5, 10, dtype=torch.bool)
+    clipped.view(-1)[11:20] = True
+    assert int((in_band & ~clipped).sum()) == 20
+    torch.manual_seed(0)
+    times = torch.zeros(50)
+    for _ in range(1000):
+        chosen = clip_cov_tokens(cov, valid, clipped, 0.1)
+        assert int(chosen.sum()) == 4 and not (chosen & ~(in_band & ~clipped)).any()
+        times += chosen.view(-1).float()
+    assert times[(in_band & ~clipped).view(-1)].sub(200).abs().max() < 50  # 4 sd
+    three = torch.zeros(5, 10, dtype=torch.bool)
+    three.view(-1)[[20, 25, 30]] = True  # a band of 3 tokens: fewer than 4 qualify
+    assert torch.equal(clip_cov_tokens(cov, valid, ~three, 0.1), three)
+
+
 def test_clip_high_mass_is_the_old_probability_of_the_tokens_clipped_at_the_upper_bound():
     # old probabilities 0.1, 0.4, 0.5, 0.9; ratios 3, 2, 1.1, 1.02; eps_high 0.28
     old = torch.log(torch.tensor([[0.1, 0.4, 0.5, 0.9]]))

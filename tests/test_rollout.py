@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from rollout import (completion_mask, concat_rollouts, fused_logprobs_and_entropy, generate_rollouts,
                      logprobs_and_entropy, policy_logprobs_and_entropy,
@@ -71,7 +72,7 @@ def test_fused_bf16_inputs_score_the_bf16_logits_the_sampler_sees():
     ref_all, ref_ent = reference_from_logits(sampler_logits)
     torch.testing.assert_close(logp.double(), ref_all.gather(1, labels[:, None]).squeeze(1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(entropy.double(), ref_ent, rtol=1e-5, atol=1e-5)
-    # the gradient is that of the fp32 math (bf16 storage of the result only)
+    # the gradient: dL/dz in fp32, its two matmuls in bf16 (as a bf16 lm_head's backward)
     ref_logp, ref_ent64, h64, _ = naive64(hidden.float(), weight.float(), labels, 1.0)
     (ref_logp.sum() + ref_ent64.sum()).backward()
     torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=2e-2)
@@ -98,6 +99,61 @@ def test_fused_under_autocast_matches_the_autocast_lm_head():
     ref_logp, ref_ent64, h64, _ = naive64(hidden, weight, labels, 1.0)
     (ref_logp.sum() + ref_ent64.sum()).backward()
     torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=2e-2)
+
+
+class MatmulDtypes(TorchDispatchMode):
+    """Records the input dtypes of every matrix product the code under it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor))[-2:])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("route", ["bf16 weights", "autocast", "fp32"])
+def test_fused_backward_multiplies_in_bf16_within_the_error_of_a_bf16_lm_head(route):
+    """Where the logits are a bf16 matmul, the backward's two (n x V x H) matmuls run in bf16 too
+    (fp32 accumulation, dL/dz built in fp32). Its error against float64 must stay within that of
+    the plain bf16 path, a bf16 lm_head with fp32 softmax under autograd (what a bf16 step without
+    the fused head computes). In fp32 every matmul stays fp32."""
+    torch.manual_seed(0)
+    n, H, V = 256, 64, 4096
+    hidden, weight = torch.randn(n, H), torch.randn(V, H) * (3.0 / H**0.5)  # logits of std ~3
+    labels = torch.randint(0, V, (n,))
+    g_logp, g_ent = torch.randn(n) / n, torch.randn(n) * 0.1 / n  # token-mean loss, an entropy term
+
+    def grads(head, dtype, autocast):
+        h = hidden.to(dtype).requires_grad_()
+        w = weight.to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logp, entropy = head(h, w)
+        loss = (logp * g_logp.to(logp.dtype)).sum() + (entropy * g_ent.to(logp.dtype)).sum()
+        with MatmulDtypes() as backward:
+            loss.backward()
+        return h.grad.double(), w.grad.double(), backward.seen
+
+    def plain(h, w):  # the unfused path: (n, V) logits, fp32 log-softmax, autograd
+        logp_all = torch.log_softmax((h @ w.T).float(), -1)
+        return logp_all.gather(1, labels[:, None]).squeeze(1), -(logp_all.exp() * logp_all).sum(-1)
+
+    def fused(h, w):
+        return fused_logprobs_and_entropy(h, w, labels, 64)
+
+    dtype, autocast = {"bf16 weights": (torch.bfloat16, False), "autocast": (torch.float32, True),
+                       "fp32": (torch.float32, False)}[route]
+    h64, w64, _ = grads(plain, torch.float64, False)
+    h_fused, w_fused, matmuls = grads(fused, dtype, autocast)
+    h_plain, w_plain, _ = grads(plain, dtype, autocast)
+    gemm = torch.float32 if route == "fp32" else torch.bfloat16
+    assert len(matmuls) == 3 * (n // 64) and set(matmuls) == {(gemm, gemm)}  # logits, 2 gradients
+    error = lambda g, ref: ((g - ref).norm() / ref.norm()).item()  # noqa: E731
+    for fused_grad, plain_grad, ref in ((h_fused, h_plain, h64), (w_fused, w_plain, w64)):
+        assert error(fused_grad, ref) <= 1.1 * error(plain_grad, ref) + 1e-6
+        assert error(fused_grad, ref) < (1e-2 if route != "fp32" else 1e-6)
 
 
 def test_logits_entry_point_matches_reference_and_bf16():

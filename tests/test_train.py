@@ -360,6 +360,44 @@ def test_config_file_and_flags(tmp_path):
         train.parse_config(["--config", str(path)])
 
 
+def goal_schedule(*flags, initial_entropy=1.0):
+    cfg = train.parse_config(list(flags)).resolved()
+    train.validate(cfg, world_size=1)
+    schedule = train.make_schedule(cfg)
+    schedule.initial_entropy = initial_entropy  # H0, as the first step measures it
+    return cfg, schedule
+
+
+def test_passk_goal_composes_with_the_entropy_flags():
+    """--passk_goal 1 proposes (schedule_for_goal, u = 0): stable at 0.8 H0 for 30% of the run,
+    then an anneal to 0.25 H0, i.e. to 0.25 / 0.8 = 0.3125 of the stable target. Flags override."""
+    # --entropy_start is the stable target (not H0): 0.6 nats, the anneal to 0.3125 x 0.6 = 0.1875;
+    # 100 steps, anneal from round(0.3 x 100) = 30, linear: step 65 is halfway, 0.6 - 0.4125 / 2
+    _, s = goal_schedule("--passk_goal", "1", "--entropy_start", "0.6", "--steps", "100",
+                         "--anneal_shape", "linear")
+    assert [s.target(step) for step in (0, 29, 30, 44, 65, 100)] == pytest.approx(
+        [0.6, 0.6, 0.6, 0.6 - 0.4125 * 14 / 70, 0.39375, 0.1875])
+    # H0 = 1: start 0.8; a 10-step warm-up from H0 (step 5: 0.9); --stable_frac 0.5 of the 100
+    # steps after it: the anneal starts at 60; --entropy_end 0.2; cosine halfway (step 85): 0.5
+    cfg, s = goal_schedule("--passk_goal", "1", "--entropy_warmup_steps", "10", "--stable_frac",
+                           "0.5", "--entropy_end", "0.2", "--steps", "110")
+    assert cfg.stable_frac == 0.5 and s.anneal_start == 60
+    assert [s.target(step) for step in (0, 5, 10, 59, 85, 110)] == pytest.approx(
+        [1.0, 0.9, 0.8, 0.8, 0.5, 0.2])
+    # nothing overridden: pass@100 (u = 1) holds 1.2 H0 for 80% of the run, anneals to 0.75 H0
+    cfg, s = goal_schedule("--passk_goal", "100", "--steps", "100", initial_entropy=2.0)
+    assert cfg.stable_frac == 0.8
+    assert [s.target(step) for step in (0, 79, 100)] == pytest.approx([2.4, 2.4, 1.5])
+
+
+def test_passk_goal_with_another_schedule_is_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.configure(["--out_dir", str(tmp_path), "--passk_goal", "1", "--schedule", "cosine"],
+                        0, 1)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--passk_goal" in err and "--schedule" in err
+
+
 @pytest.mark.slow
 def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path):
     """One SGD update on a fixed batch: 1 process vs 2 FSDP ranks, micro-batches of 8 vs 1 vs 3,

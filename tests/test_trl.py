@@ -20,11 +20,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fake_trainer(**args):
-    """What the callback touches of a GRPOTrainer: its args and the two knob attributes."""
+    """What the callback touches of a GRPOTrainer: its args, the two knob attributes and the
+    list of callbacks."""
     config = {"logging_strategy": "steps", "logging_steps": 1, "entropy_coef": 1e-8,
               "use_adaptive_entropy": False, "loss_type": "dapo", **args}
     return SimpleNamespace(args=SimpleNamespace(**config), epsilon_high=0.28,
-                           entropy_coef=config["entropy_coef"])
+                           entropy_coef=config["entropy_coef"],
+                           callback_handler=SimpleNamespace(callbacks=[]))
 
 
 def drive(callback, entropies, max_steps):
@@ -143,6 +145,36 @@ def test_trl_applies_the_coefficient_the_callback_set(base_model, tmp_path):
     assert len(used) == len(set_by_callback) == 4
     assert used == pytest.approx([0.0, *set_by_callback[:-1]])
     assert all(knob > 0 for knob in set_by_callback)  # entropy below target: a bonus
+
+
+@pytest.mark.slow
+def test_the_callbacks_metrics_reach_tensorboard_and_the_log_history(base_model, tmp_path):
+    """A real GRPOTrainer reporting to TensorBoard, the callback added last as the module docstring
+    says: the event file holds the target, knob and tracking error of every optimizer step (as
+    TensorBoardCallback names them, train/...), equal to the callback's own record; so does the
+    trainer's log history."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trl_entropy_schedule import build_trainer, trl_config
+
+    cfg = trl_config(str(tmp_path), steps=4, prompts_per_step=4, group_size=4, updates_per_step=2,
+                     micro_batch_size=4, lr=2e-4, max_new_tokens=4, seed=0, entropy_coef=1e-8)
+    cfg.report_to = ["tensorboard"]
+    trainer = build_trainer(base_model, cfg, num_problems=64)
+    callback = EntropyScheduleCallback(trainer, EntropySchedule("constant", start=3.0),
+                                       make_controller("pid-entropy"))
+    trainer.add_callback(callback)
+    trainer.train()
+    events = EventAccumulator(str(next(tmp_path.glob("runs/*"))))
+    events.Reload()
+    history = [log for log in trainer.state.log_history if "entropy" in log]
+    assert len(callback.history) == len(history) == 4
+    for key in ("entropy/target", "entropy/knob", "entropy/track_err"):
+        logged = events.Scalars(f"train/{key}")
+        assert [e.step for e in logged] == [1, 2, 3, 4]
+        assert [e.value for e in logged] == pytest.approx([row[key] for row in callback.history])
+        assert [log[key] for log in history] == pytest.approx([row[key] for row in callback.history])
 
 
 @pytest.mark.slow
