@@ -1,4 +1,5 @@
-"""Entropy Scheduling inside TRL's GRPOTrainer (trl_entropy_schedule.py); skipped without TRL.
+"""Entropy Scheduling inside TRL's GRPOTrainer (trl_entropy_schedule.py); skipped without TRL, with
+the command that installs it.
 
 The knob values below are worked out by hand from the PID law of entropy_schedule.py,
 knob = init + kp e + ki sum(e) with e = (H* - H) / H*.
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("trl")
+pytest.importorskip("trl", reason="pip install trl==1.16.0 (the release these tests were run with)")
 
 from entropy_schedule import EntropySchedule, make_controller  # noqa: E402
 from trl_entropy_schedule import EntropyScheduleCallback  # noqa: E402
