@@ -387,7 +387,8 @@ def test_rl_step_benchmark_runs_on_a_cpu(tmp_path):
     for name, phase in phases.items():
         assert phase["tokens"] == result["completion_tokens"], name
         assert phase["tokens_per_s"] * phase["seconds"] == pytest.approx(phase["tokens"]), name
-    assert phases["step"]["seconds"] == pytest.approx(sum(phases[p]["seconds"] for p in ("rollout", "old log-probs", "update")))
+    parts = ("rollout", "old log-probs", "update")
+    assert phases["step"]["seconds"] == pytest.approx(sum(phases[p]["seconds"] for p in parts))
     assert float(rows["step"][2]) == result["completion_tokens"]  # the printed table says the same
     assert math.isfinite(result["update_stats"]["grad_norm"]) and result["update_stats"]["grad_norm"] > 0
 
