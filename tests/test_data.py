@@ -57,8 +57,8 @@ def test_load_problems_json_and_parquet(tmp_path):
     rows = [{"q": "1+1=", "a": 2}, {"q": "2+3=", "a": 5}]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     assert load_problems(str(tmp_path / "d.json"), prompt_field="q", answer_field="a")[1]["answer"] == "5"
-    pd = pytest.importorskip("pandas")
-    pytest.importorskip("pyarrow")
+    pd = pytest.importorskip("pandas", reason="pip install pandas pyarrow (datasets brings both)")
+    pytest.importorskip("pyarrow", reason="pip install pandas pyarrow (datasets brings both)")
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
     got = load_problems(str(tmp_path / "d.parquet"), prompt_field="q", answer_field="a")
     assert [p["prompt"] for p in got] == ["1+1=", "2+3="]

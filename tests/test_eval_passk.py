@@ -1,3 +1,4 @@
+import itertools
 import math
 from fractions import Fraction
 
@@ -16,6 +17,20 @@ def exact(n, c, k):
                                      (1024, 0, 1024)])
 def test_matches_exact_binomial_form(n, c, k):
     assert pass_at_k(n, c, k) == pytest.approx(exact(n, c, k), rel=1e-12, abs=1e-14)
+
+
+def brute_force(n, c, k):
+    """The definition itself: over every way to pick k of the n samples (the first c correct),
+    the share of picks that hold at least one correct sample."""
+    picks = list(itertools.combinations(range(n), k))
+    return sum(any(i < c for i in pick) for pick in picks) / len(picks)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 10])
+def test_matches_brute_force_enumeration_of_k_subsets(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(brute_force(n, c, k), abs=1e-12), (n, c, k)
 
 
 def test_hand_worked_values():

@@ -236,3 +236,64 @@ def test_clip_high_steers_a_reward_neutral_fork_only_when_ratios_move():
     low, high = [sum(simulate(eps, 0.03, 4, 4, 60, seed, w, prompts=32)[-1] for seed in (0, 1)) / 2
                  for eps in (0.05, 1.0)]
     assert low < 0.5 * h0 < high, (low, high, h0)
+
+
+# ----------------------------------------------------------------------------- padding, off-policy
+# The batches below have a padded token: in a real batch a completion that stopped early is padded
+# to the longest one, and the model's log-prob there is garbage (here -20 or -4, chosen so that
+# counting it would change the answer). Every expected value is worked out over the 3 real tokens.
+PAD_LOGP = torch.tensor([[-1.0, -1.0], [-3.0, -20.0]])  # (2, 2); [1, 1] is padding
+PAD_MASK = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+PAD_ADV = torch.tensor([1.0, -1.0])
+
+
+def test_covariance_means_are_over_the_real_tokens_only():
+    """Real tokens (A, log pi): (1, -1), (1, -1), (-1, -3): mean A = 1/3, mean log pi = -5/3, so
+    cov = (A - 1/3)(log pi + 5/3) = 4/9, 4/9 | 16/9. Means over all 4 positions would give mean
+    A = 0 and mean log pi = -25/4: cov 5.25, 5.25 | -3.25."""
+    cov = covariance(PAD_ADV[:, None].expand(2, 2), PAD_LOGP, PAD_MASK)
+    assert cov[PAD_MASK.bool()].tolist() == pytest.approx([4 / 9, 4 / 9, 16 / 9])
+
+
+def test_kl_cov_picks_by_the_masked_covariance_and_never_a_padded_token():
+    """cov as above; the padded token's would be (-4/3)(-20 + 5/3) = 24.4, the largest. KL-Cov
+    with ratio 0.34 restrains int(0.34 x 3) = 1 real token: [1, 0] (16/9). Its ratio is e^-0.5
+    (old log-prob 0.5 above the new), so its loss is -A r + |log r| = e^-0.5 + 0.5; the other two
+    are on-policy with A = 1: -1 each. Token-mean over the 3 real tokens."""
+    old = PAD_LOGP + torch.tensor([[0.0, 0.0], [0.5, 0.0]])
+    loss, stats = policy_loss(PAD_LOGP, old, PAD_ADV, PAD_MASK, cov_method="kl-cov", cov_ratio=0.34)
+    assert loss.item() == pytest.approx((-1 - 1 + math.exp(-0.5) + 0.5) / 3)
+    assert float(stats["cov_frac"]) == pytest.approx(1 / 3)
+
+
+def test_clip_cov_picks_by_the_masked_covariance_and_never_a_padded_token():
+    """The padded token's log-prob is -4 here, so its covariance (-4/3)(-4 + 5/3) = 28/9 lies in
+    Clip-Cov's band (1, 5) beside the one real token there, [1, 0] (16/9; the others are 4/9).
+    Whatever the random draw, [1, 0] is the token restrained: its loss and gradient are 0, and
+    the loss is (-1 - 1 + 0) / 3."""
+    logp = torch.tensor([[-1.0, -1.0], [-3.0, -4.0]])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        new = logp.clone().requires_grad_()
+        loss, stats = policy_loss(new, logp, PAD_ADV, PAD_MASK, cov_method="clip-cov", cov_ratio=0.34)
+        loss.backward()
+        assert loss.item() == pytest.approx(-2 / 3) and float(stats["cov_frac"]) == pytest.approx(1 / 3)
+        assert new.grad.flatten().tolist() == pytest.approx([-1 / 3, -1 / 3, 0.0, 0.0])
+
+
+def test_off_policy_statistics_by_hand():
+    """log r = logp - old_logp = 0.2, -0.4 | 0.6, (padding): approx_kl = mean(old_logp - logp)
+    = -(0.2 - 0.4 + 0.6) / 3, the k1 estimate of KL(pi_old || pi) from samples of pi_old. Ratios
+    e^0.2 = 1.22, e^-0.4 = 0.67 | e^0.6 = 1.82: with A = +1 the upper bound 1.28 clips the third
+    token and nothing reaches the lower one (for A > 0, min(r, clip(r)) = r below 1 - eps_low);
+    with A = -1 only the lower bound clips, the second token."""
+    log_ratio = torch.tensor([[0.2, -0.4], [0.6, 9.0]])  # 9.0: padding, would dominate any mean
+    old = torch.zeros(2, 2)
+    for sign in (1.0, -1.0):
+        _, stats = policy_loss(log_ratio, old, torch.tensor([sign, sign]), PAD_MASK, clip_low=0.2,
+                               clip_high=0.28)
+        assert float(stats["approx_kl"]) == pytest.approx(-0.4 / 3)
+        high, low = (1 / 3, 0.0) if sign > 0 else (0.0, 1 / 3)
+        assert float(stats["clipfrac_high"]) == pytest.approx(high)
+        assert float(stats["clipfrac_low"]) == pytest.approx(low)
+        assert float(stats["clipfrac"]) == pytest.approx(1 / 3)

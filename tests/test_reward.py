@@ -129,3 +129,20 @@ def test_overlong_penalty_matches_dapo_formula():
     assert overlong_penalty(100, 100, 20) == -1.0
     assert overlong_penalty(90, 100, 20, penalty=0.4) == pytest.approx(-0.2)
     assert overlong_penalty(100, 100, 0) == 0.0
+
+
+@pytest.mark.parametrize("completion, answer, expected", [
+    # a long decimal near a fraction with no finite expansion stands for it (within one unit of
+    # its last digit): 370369 / 3 = 123456.333..., 0.0833333 ~ 1/12
+    (r"\boxed{123456.33}", "370369/3", 1.0),
+    (r"\boxed{0.0833333}", r"\frac{1}{12}", 1.0),
+    # a fraction WITH a finite expansion must be written exactly: 3950617 / 32 = 123456.78125
+    # (denominator 2^5) and 77160492 / 625 = 123456.7872 (5^4); each decimal below is within one
+    # unit of its last digit of it, and still wrong
+    (r"\boxed{123456.8}", "3950617/32", 0.0),
+    (r"\boxed{123456.79}", "77160492/625", 0.0),
+    (r"\boxed{123456.78125}", "3950617/32", 1.0),
+])
+def test_decimal_tolerance_applies_only_to_fractions_without_a_finite_expansion(completion, answer,
+                                                                                  expected):
+    assert math_reward(completion, answer) == expected

@@ -369,7 +369,7 @@ def test_table_builtin(reference, completion, expected):
 
 @pytest.fixture(scope="module")
 def math_verify_reward():
-    pytest.importorskip("math_verify")
+    pytest.importorskip("math_verify", reason="pip install math-verify")
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its timeouts log whole inputs
     reward_fn, description = make_verifier("math-verify")
     assert description.startswith("math-verify ")

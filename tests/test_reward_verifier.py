@@ -20,7 +20,7 @@ def no_math_verify(monkeypatch):
 
 @pytest.fixture
 def real_math_verify():
-    pytest.importorskip("math_verify")
+    pytest.importorskip("math_verify", reason="pip install math-verify")
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its timeouts log whole inputs
 
 

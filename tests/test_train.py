@@ -496,16 +496,32 @@ def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_rl_step_benchmark_runs_on_a_cpu():
-    """benchmarks/rl_step.py at its smallest: the same code path it measures at real sizes on GPUs."""
+def test_rl_step_benchmark_runs_on_a_cpu(tmp_path):
+    """benchmarks/rl_step.py at its smallest: the same code path it measures at real sizes on GPUs.
+    Its bookkeeping is checked against the arguments: 2 prompts x 2 = 4 sequences of exactly 8
+    prompt tokens, at most 4 decoded positions each, the completion tokens in between, and every
+    phase's tokens/s times its seconds giving back the tokens."""
+    out = tmp_path / "rl_step.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rl_step.py"), "--shape", "tiny",
                            "--prompts", "2", "--group_size", "2", "--max_new_tokens", "4", "--prompt_len", "8",
-                           "--updates_per_step", "1"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+                           "--updates_per_step", "1", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
     assert {"rollout", "update", "step"} <= set(rows)
-    assert float(rows["step"][3]) > 0  # tokens/s
+    result = json.loads(out.read_text())
+    assert result["sequences"] == 4 and result["prompt_tokens"] == 4 * 8
+    assert 1 <= result["completion_width"] <= 4
+    assert result["decoded_positions"] == 4 * result["completion_width"]
+    assert 4 <= result["completion_tokens"] <= result["decoded_positions"]
+    phases = result["phases"]
+    for name, phase in phases.items():
+        assert phase["tokens"] == result["completion_tokens"], name
+        assert phase["tokens_per_s"] * phase["seconds"] == pytest.approx(phase["tokens"]), name
+    parts = ("rollout", "old log-probs", "update")
+    assert phases["step"]["seconds"] == pytest.approx(sum(phases[p]["seconds"] for p in parts))
+    assert float(rows["step"][2]) == result["completion_tokens"]  # the printed table says the same
+    assert math.isfinite(result["update_stats"]["grad_norm"]) and result["update_stats"]["grad_norm"] > 0
 
 
 @pytest.mark.slow
@@ -524,6 +540,18 @@ def test_compare_schedules_benchmark_end_to_end(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [[c[0] for c in r["checkpoints"]] for r in results] == [[0, 2], [0, 2]]
     assert len(results[0]["correct"]) == 4
+    # the table's numbers, worked out again from the runs' own files: with one seed the bootstrap
+    # mean is the plain mean over prompts; pass@1 = c / 16, pass@16 = [c > 0]; 2 steps: the first
+    # and last tenth of the steps are one step each
+    for arm in ("grpo", "es"):
+        rows = metrics(tmp_path / f"{arm}-seed0")
+        correct = rows[-1]["eval/correct"]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {arm} |"))
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        assert cells[1].startswith(f"{sum(c / 16 for c in correct) / 4:.3f} [")
+        assert cells[3].startswith(f"{sum(c > 0 for c in correct) / 4:.3f} [")
+        assert cells[4] == f"{rows[-1]['entropy']:.3f}"
+        assert cells[7] == f"{rows[0]['reward/mean']:.2f} → {rows[-1]['reward/mean']:.2f}"
 
 
 def _regime():
@@ -620,9 +648,8 @@ def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
 
 
 @pytest.mark.slow
-def test_tensorboard_and_wandb_get_the_numbers_of_metrics_jsonl(base_model, tmp_path):
-    pytest.importorskip("tensorboard")
-    pytest.importorskip("wandb")
+def test_tensorboard_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     args = ["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0", *TINY]
@@ -632,10 +659,31 @@ def test_tensorboard_and_wandb_get_the_numbers_of_metrics_jsonl(base_model, tmp_
     events.Reload()
     for key in ("entropy", "entropy/target", "reward/mean", "loss/clipfrac"):
         assert [e.value for e in events.Scalars(key)] == pytest.approx([r[key] for r in rows], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_wandb_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path):
+    pytest.importorskip("wandb", reason="pip install wandb")
+    args = ["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0", *TINY]
     run([*args, "--out_dir", str(tmp_path / "wb"), "--report_to", "wandb"],
         env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    rows = metrics(tmp_path / "wb")
     logged = wandb_history(next((tmp_path / "wb" / "wandb").glob("offline-run-*/*.wandb")))
     assert [h["entropy"] for h in logged if "entropy" in h] == pytest.approx([r["entropy"] for r in rows])
+
+
+def test_metrics_png_draws_entropy_target_reward_and_knob(tmp_path):
+    """With matplotlib, the end of a run draws metrics.png: three panels, a step without a target
+    (None) drawn as a gap."""
+    pytest.importorskip("matplotlib", reason="pip install matplotlib")
+    from PIL import Image
+
+    rows = [{"step": s, "entropy": 1.0 - 0.1 * s, "entropy/target": None if s == 0 else 0.9,
+             "reward/mean": 0.1 * s, "entropy/knob": 0.01 * s, "entropy/knob_name": "entropy_coef"}
+            for s in range(4)]
+    train.plot_metrics(rows, str(tmp_path / "metrics.png"))
+    width, height = Image.open(tmp_path / "metrics.png").size
+    assert (width, height) == (12 * 90, round(3.2 * 90))  # figsize x dpi
 
 
 def wandb_history(path) -> list[dict]:

@@ -1,17 +1,19 @@
-"""Entropy Scheduling inside TRL's GRPOTrainer (trl_entropy_schedule.py); skipped without TRL.
+"""Entropy Scheduling inside TRL's GRPOTrainer (trl_entropy_schedule.py); skipped without TRL, with
+the command that installs it.
 
 The knob values below are worked out by hand from the PID law of entropy_schedule.py,
 knob = init + kp e + ki sum(e) with e = (H* - H) / H*.
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("trl")
+pytest.importorskip("trl", reason="pip install trl==1.16.0 (the release these tests were run with)")
 
 from entropy_schedule import EntropySchedule, make_controller  # noqa: E402
 from trl_entropy_schedule import EntropyScheduleCallback  # noqa: E402
@@ -216,3 +218,10 @@ def test_vs_trl_benchmark_quick(tmp_path):
         assert all(step[clock][phase] > 0 for run in runs[side] for step in run["steps"]
                    for clock in ("cpu", "wall")
                    for phase in ("generation", "old_logprobs", "update"))
+        for run in runs[side]:  # a run's time is the sum of its steps' phases
+            assert run["cpu_s"] == pytest.approx(sum(step["cpu"][phase] for step in run["steps"]
+                                                     for phase in ("generation", "old_logprobs", "update")))
+    # the report's throughput line is TRL's time over ours, pair by pair, from those files
+    ratios = [trl["cpu_s"] / ours["cpu_s"] for ours, trl in zip(runs["ours"], runs["trl"])]
+    assert f"pair by pair: median {statistics.median(ratios):.2f}x " \
+           f"({', '.join(f'{r:.2f}' for r in ratios)})" in out
