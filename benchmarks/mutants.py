@@ -111,7 +111,7 @@ MUTANTS = [
            "(logp - (logp * m).sum() / count)", "(logp - logp.mean())",
            LOSS, "the same for the log-prob mean (padding log-probs are garbage)"),
     Mutant("kl-cov-picks-padding", "loss.py",
-           "scores = torch.where(valid, cov, -torch.inf).flatten()", "scores = cov.flatten()",
+           "valid & (_rank(torch.where(valid, cov, -torch.inf))", "(_rank(cov)",
            LOSS, "KL-Cov must never restrain a padded position"),
     Mutant("clip-cov-picks-padding", "loss.py",
            "in_band = valid & ~clipped &", "in_band = ~clipped &",
