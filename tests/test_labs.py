@@ -4,7 +4,6 @@ directories moved under a temporary directory and small sizes appended to each t
 `wait`; each script runs as __main__ in this process, as `python` would run it, which spares every
 command a start of Python, torch and transformers of its own (~5 s of CPU; tests/test_train.py
 runs train.py as a subprocess)."""
-import contextlib
 import os
 import re
 import runpy
@@ -81,8 +80,7 @@ def test_the_labs_document_has_six_labs_each_with_runs_and_a_comparison():
 def runs(tmp_path_factory):
     """The labs' first step, the default run, at a tiny size: it builds the base model they share."""
     runs = str(tmp_path_factory.mktemp("labs") / "runs")
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
-        run_block(tiny(LABS[0][1], runs))
+    run_block(tiny(LABS[0][1], runs))
     assert os.path.exists(os.path.join(runs, "default", "base_model", "config.json"))
     return runs
 
