@@ -1,4 +1,6 @@
-"""End-to-end: train.py as a user runs it, as a subprocess, on a tiny budget."""
+"""End-to-end: train.py as a user runs it, on a tiny budget: as a subprocess where the command line,
+exit codes, torchrun or signals are under test, else train.main in this process (the same run,
+without a start of Python, torch and transformers of its own: ~5 s of CPU each)."""
 import json
 import math
 import os
@@ -38,11 +40,10 @@ def metrics(out_dir):
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """The embedded default, end to end: warm start + 2 RL steps; its base model serves the rest."""
-    out = tmp_path_factory.mktemp("default")
-    run(["--out_dir", str(out), "--steps", "2", *TINY])
-    return out
+def base_model(default_run):
+    """The embedded default, end to end (conftest.py: `python train.py --steps 2` with TINY's sizes,
+    a subprocess): warm start + 2 RL steps; its base model serves the rest."""
+    return default_run / "runs" / "default"
 
 
 @pytest.mark.slow
@@ -70,15 +71,6 @@ def test_default_run_writes_metrics_checkpoint_and_config(base_model):
     assert all(s["reward"] == float(s["extracted"] == s["answer"]) for s in samples)  # plain numbers here
     config = json.load(open(base_model / "config.json"))  # the built-in model keeps its tuned values
     assert (config["lr"], config["lr_warmup_steps"], config["updates_per_step"]) == (2e-4, 0, 4)
-
-
-@pytest.fixture
-def one_thread():
-    """train.main in this process, on one thread as train.py runs the built-in model (restored)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_evaluation_has_a_random_stream_of_its_own(base_model, tmp_path, one_thread):
@@ -145,8 +137,8 @@ def test_curriculum_sees_the_groups_dynamic_sampling_drops(base_model, tmp_path,
                                                         ("constant", "skywork", "dr_grpo"),
                                                         ("cosine", "balance", "dapo")])
 @pytest.mark.slow
-def test_variants_run(base_model, tmp_path, schedule, controller, loss):
-    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
+def test_variants_run(base_model, tmp_path, one_thread, schedule, controller, loss):
+    train.main(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
          "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum", "two-phase",
          "--kl_coef", "0.01" if loss == "grpo" else "0", "--ppo_epochs", "2" if loss == "dapo" else "1",
          "--save_every", "0", *TINY])
@@ -259,12 +251,17 @@ def same_run(straight, resumed, from_step):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["python", "torchrun"])
-def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, launcher):
+def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, launcher, one_thread):
     """SIGKILL mid-run, --resume: the same prompts, samples and updates as a run never stopped.
-    Default config (dynamic sampling on: its refills draw from their own generator)."""
+    Default config (dynamic sampling on: its refills draw from their own generator). The straight
+    run of one process runs in this one, on one thread like the others."""
     launch = (sys.executable,) if launcher == "python" else TORCHRUN
     common = ["--model", str(base_model / "base_model"), "--steps", "7", *TINY, "--eval_prompts", "4"]
-    run([*common, "--out_dir", str(tmp_path / "straight"), "--save_every", "0"], launcher=launch)
+    straight = [*common, "--out_dir", str(tmp_path / "straight"), "--save_every", "0"]
+    if launcher == "python":
+        train.main(straight)
+    else:
+        run(straight, launcher=launch)
     killed = tmp_path / "killed"
     args = [*common, "--out_dir", str(killed), "--save_every", "3"]
     logged = kill_after(args, launch, killed, lines=5)
@@ -281,9 +278,9 @@ def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, la
 
 
 @pytest.mark.slow
-def test_resume_on_another_number_of_ranks_says_so_and_goes_on(base_model, tmp_path):
+def test_resume_on_another_number_of_ranks_says_so_and_goes_on(base_model, tmp_path, one_thread):
     args = ["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), *TINY, "--eval_prompts", "4"]
-    run([*args, "--steps", "2"])  # 1 process, checkpoint at step 2
+    train.main([*args, "--steps", "2"])  # 1 process (this one), checkpoint at step 2
     proc = run([*args, "--steps", "4", "--resume"], launcher=TORCHRUN)
     assert "was written by 1 rank(s) and resumes on 2" in proc.stdout
     assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2, 3]
@@ -496,18 +493,15 @@ def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_rl_step_benchmark_runs_on_a_cpu(tmp_path):
+def test_rl_step_benchmark_runs_on_a_cpu(tmp_path, one_thread, capsys):
     """benchmarks/rl_step.py at its smallest: the same code path it measures at real sizes on GPUs.
     Its bookkeeping is checked against the arguments: 2 prompts x 2 = 4 sequences of exactly 8
     prompt tokens, at most 4 decoded positions each, the completion tokens in between, and every
     phase's tokens/s times its seconds giving back the tokens."""
-    out = tmp_path / "rl_step.json"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rl_step.py"), "--shape", "tiny",
-                           "--prompts", "2", "--group_size", "2", "--max_new_tokens", "4", "--prompt_len", "8",
-                           "--updates_per_step", "1", "--out", str(out)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    out = tmp_path / "rl_step.json"  # its main in this process (gpu_check.py --cpu runs the command)
+    benchmark("rl_step").main(["--shape", "tiny", "--prompts", "2", "--group_size", "2", "--max_new_tokens",
+                               "4", "--prompt_len", "8", "--updates_per_step", "1", "--out", str(out)])
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.split()}
     assert {"rollout", "update", "step"} <= set(rows)
     result = json.loads(out.read_text())
     assert result["sequences"] == 4 and result["prompt_tokens"] == 4 * 8
@@ -554,15 +548,17 @@ def test_compare_schedules_benchmark_end_to_end(tmp_path):
         assert cells[7] == f"{rows[0]['reward/mean']:.2f} → {rows[-1]['reward/mean']:.2f}"
 
 
-def _regime():
+def benchmark(name: str):
+    """benchmarks/NAME.py, imported as a module."""
+    import importlib
+
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import regime
-    return regime
+    return importlib.import_module(name)
 
 
 def test_regime_checks_apply_their_thresholds():
     """R1-R3 as regime.py states them, on hand-made run summaries at and around each threshold."""
-    regime = _regime()
+    regime = benchmark("regime")
     run = lambda **kw: {"H0": 1.0, "H_end": 0.5, "reward_start": 0.2, "reward_end": 0.4,  # noqa: E731
                         "pass@1_base": 0.2, "pass@16_base": 0.8, "pass@1_end": 0.5,
                         "track_stable": 0.05, "track_anneal": 0.15, "prompts": 512, **kw}
@@ -606,7 +602,7 @@ def test_regime_benchmark_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
+def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path, one_thread, capsys, monkeypatch):
     """benchmarks/entropy_noise.py: with the output head zeroed every next-token distribution is
     uniform over the 15 tokens, so every batch reads log(15) nats exactly and the spread is 0."""
     from tiny import tiny_policy
@@ -616,13 +612,11 @@ def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
         model.lm_head.weight.zero_()
     model.save_pretrained(tmp_path / "uniform")
     tok.save_pretrained(tmp_path / "uniform")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "entropy_noise.py"),
-                           "--model", str(tmp_path / "uniform"), "--prompts", "4", "8", "--batches", "3",
-                           "--", "--group_size", "2"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0] in ("4", "8")]
+    monkeypatch.setattr(sys, "argv", ["entropy_noise.py", "--model", str(tmp_path / "uniform"), "--prompts",
+                                      "4", "8", "--batches", "3", "--", "--group_size", "2"])
+    benchmark("entropy_noise").main()  # in this process
+    stdout = capsys.readouterr().out
+    rows = [line.split() for line in stdout.splitlines() if line.split() and line.split()[0] in ("4", "8")]
     assert [r[0] for r in rows] == ["4", "8"]
     for r in rows:
         assert float(r[1]) == pytest.approx(math.log(15), abs=1e-3) and float(r[2]) == 0.0 and float(r[3]) == 0.0
@@ -632,8 +626,8 @@ def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
                                    ["--cov_method", "kl-cov", "--cov_ratio", "0.01", "--lr_schedule", "cosine",
                                     "--lr_warmup_steps", "1"]])
 @pytest.mark.slow
-def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
-    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
+def test_loss_options_and_lr_schedule_run(base_model, tmp_path, one_thread, flags):
+    train.main(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
          "--save_every", "0", *TINY, *flags])
     rows = metrics(tmp_path)
     restrained = [r["loss/cov_frac"] for r in rows]
@@ -648,12 +642,12 @@ def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
 
 
 @pytest.mark.slow
-def test_tensorboard_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path):
+def test_tensorboard_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path, one_thread):
     pytest.importorskip("tensorboard", reason="pip install tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     args = ["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0", *TINY]
-    run([*args, "--out_dir", str(tmp_path / "tb"), "--report_to", "tensorboard"])
+    train.main([*args, "--out_dir", str(tmp_path / "tb"), "--report_to", "tensorboard"])
     rows = metrics(tmp_path / "tb")
     events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     events.Reload()
@@ -662,11 +656,12 @@ def test_tensorboard_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_wandb_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path):
+def test_wandb_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path, one_thread, monkeypatch):
     pytest.importorskip("wandb", reason="pip install wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     args = ["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0", *TINY]
-    run([*args, "--out_dir", str(tmp_path / "wb"), "--report_to", "wandb"],
-        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    train.main([*args, "--out_dir", str(tmp_path / "wb"), "--report_to", "wandb"])
     rows = metrics(tmp_path / "wb")
     logged = wandb_history(next((tmp_path / "wb" / "wandb").glob("offline-run-*/*.wandb")))
     assert [h["entropy"] for h in logged if "entropy" in h] == pytest.approx([r["entropy"] for r in rows])

@@ -44,12 +44,10 @@ def files_of(directory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(default_run):
     """README's first command at a tiny size: `python train.py` into runs/default, from a working
-    directory of its own (the paths below are the ones README prints)."""
-    cwd = tmp_path_factory.mktemp("user")
-    train_py(["--out_dir", "runs/default", "--steps", "2", *TINY], cwd=cwd)
-    return cwd
+    directory of its own (the paths below are the ones README prints): conftest.py's default_run."""
+    return default_run
 
 
 # ------------------------------------------------------------------- model paths users can pass
@@ -175,12 +173,12 @@ def test_a_second_run_into_the_same_out_dir_is_refused_and_loses_nothing(runs, c
 
 
 @pytest.mark.slow
-def test_overwrite_starts_over_and_keeps_the_base_model(runs, tmp_path):
+def test_overwrite_starts_over_and_keeps_the_base_model(runs, tmp_path, one_thread, capsys):
     out = tmp_path / "default"
     shutil.copytree(runs / "runs" / "default", out)
     base = files_of(out / "base_model")
-    proc = train_py(["--out_dir", str(out), "--steps", "1", "--overwrite", *TINY, *FAST])
-    assert "removed the previous run's files" in proc.stdout
+    train.main(["--out_dir", str(out), "--steps", "1", "--overwrite", *TINY, *FAST])  # in this process
+    assert "removed the previous run's files" in capsys.readouterr().out
     assert files_of(out / "base_model") == base  # reused, not built again
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]  # the evaluations before
     assert [(r["step"], r.get("eval/step")) for r in rows] == [(0, 0), (0, 1)]  # and after step 0
@@ -188,7 +186,7 @@ def test_overwrite_starts_over_and_keeps_the_base_model(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_rotates_by_step_number_around_another_runs_checkpoints(runs, tmp_path):
+def test_resume_rotates_by_step_number_around_another_runs_checkpoints(runs, tmp_path, one_thread):
     """--resume with checkpoints of higher steps left in the directory (by name they sort after
     this run's): rotation keeps this run's two newest, never the one just written, and leaves the
     others alone; `latest` names a checkpoint that exists."""
@@ -196,7 +194,7 @@ def test_resume_rotates_by_step_number_around_another_runs_checkpoints(runs, tmp
     shutil.copytree(runs / "runs" / "default", out)
     for leftover in ("step_000150", "step_000200"):
         (out / "checkpoints" / leftover).mkdir()
-    train_py(["--out_dir", str(out), "--steps", "4", "--save_every", "1", "--resume", *TINY, *FAST])
+    train.main(["--out_dir", str(out), "--steps", "4", "--save_every", "1", "--resume", *TINY, *FAST])
     assert sorted(os.listdir(out / "checkpoints")) == [
         "latest", "step_000003", "step_000004", "step_000150", "step_000200"]
     assert (out / "checkpoints" / "latest").read_text() == "step_000004"
