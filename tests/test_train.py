@@ -396,15 +396,17 @@ def test_passk_goal_with_another_schedule_is_refused_in_one_line(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path):
+def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path, one_thread, monkeypatch):
     """One SGD update on a fixed batch: 1 process vs 2 FSDP ranks, micro-batches of 8 vs 1 vs 3,
-    for each loss aggregation mode."""
+    for each loss aggregation mode. The 1-process runs run the script in this process."""
+    import runpy
+
     script = os.path.join(ROOT, "tests", "dist_objective.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, launcher, micro in [("one", [sys.executable], "8"), ("micro", [sys.executable], "1"),
-                                  ("two", TORCHRUN, "3")]:
-        subprocess.run([*launcher, script, str(tmp_path / f"{name}.pt"), micro], check=True,
-                       env=env, capture_output=True, timeout=180)
+    for name, micro in [("one", "8"), ("micro", "1")]:
+        monkeypatch.setattr(sys, "argv", [script, str(tmp_path / f"{name}.pt"), micro])
+        runpy.run_path(script)
+    subprocess.run([*TORCHRUN, script, str(tmp_path / "two.pt"), "3"], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=180)
     ones, micros, twos = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "micro", "two"))
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -519,15 +521,14 @@ def test_rl_step_benchmark_runs_on_a_cpu(tmp_path, one_thread, capsys):
 
 
 @pytest.mark.slow
-def test_compare_schedules_benchmark_end_to_end(tmp_path):
-    """benchmarks/compare_schedules.py at its smallest: base model, two arms, bootstrap table, fit."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare_schedules.py"),
-                           "--arms", "grpo,es", "--seeds", "0", "--steps", "2", "--eval_every", "2",
-                           "--eval_prompts", "4", "--out_dir", str(tmp_path), "--jobs", "1", "--",
-                           "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_compare_schedules_benchmark_end_to_end(tmp_path, monkeypatch):
+    """benchmarks/compare_schedules.py at its smallest: base model, two arms, bootstrap table, fit.
+    Its main runs in this process; the base model and the arms in subprocesses of their own."""
+    monkeypatch.setattr(sys, "argv", ["compare_schedules.py", "--arms", "grpo,es", "--seeds", "0", "--steps", "2",
+                                      "--eval_every", "2", "--eval_prompts", "4", "--out_dir", str(tmp_path),
+                                      "--jobs", "1", "--", "--prompts_per_step", "8", "--group_size", "4",
+                                      "--warm_start_steps", "25"])
+    benchmark("compare_schedules").main()
     table = (tmp_path / "results.md").read_text()
     assert "| base model (before RL) |" in table and "| grpo |" in table and "| es |" in table
     assert "fitted R = -a exp(H) + b" in table and "over 4 checkpoints" in table  # 2 runs x (base, end)
@@ -581,19 +582,18 @@ def test_regime_checks_apply_their_thresholds():
 
 
 @pytest.mark.slow
-def test_regime_benchmark_end_to_end(tmp_path):
+def test_regime_benchmark_end_to_end(tmp_path, capsys, monkeypatch):
     """benchmarks/regime.py at its smallest: one seed, R1 from a 2-step GRPO run, R2 from
-    eval_passk.py on the base model."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "regime.py"), "--seeds", "0",
-                           "--steps", "2", "--only", "r1", "r2", "--out_dir", str(tmp_path), "--jobs", "2",
-                           "--r2_prompts", "4", "--",
-                           "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25",
-                           "--eval_prompts", "4"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "R1 collapse:" in proc.stdout and "R2 headroom:" in proc.stdout and "seed 0:" in proc.stdout
-    assert "4 held-out prompts x 16" in proc.stdout
+    eval_passk.py on the base model. Its main runs in this process; the base model, the run and
+    eval_passk.py in subprocesses of their own."""
+    monkeypatch.setattr(sys, "argv", ["regime.py", "--seeds", "0", "--steps", "2", "--only", "r1", "r2",
+                                      "--out_dir", str(tmp_path), "--jobs", "2", "--r2_prompts", "4", "--",
+                                      "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25",
+                                      "--eval_prompts", "4"])
+    benchmark("regime").main()
+    stdout = capsys.readouterr().out
+    assert "R1 collapse:" in stdout and "R2 headroom:" in stdout and "seed 0:" in stdout
+    assert "4 held-out prompts x 16" in stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r.get("run") for r in results] == ["grpo", None] and results[1]["prompts"] == 4
     base_eval = json.loads((tmp_path / "seed0" / "base_eval_4.json").read_text())
