@@ -7,7 +7,6 @@ knob = init + kp e + ki sum(e) with e = (H* - H) / H*.
 import json
 import os
 import statistics
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -198,13 +197,14 @@ def test_demo_runs_end_to_end_and_reports_tracking_per_phase(base_model, tmp_pat
 
 
 @pytest.mark.slow
-def test_vs_trl_benchmark_quick(tmp_path):
-    """benchmarks/vs_trl.py --quick: both sides run, interleaved, and the report has every part."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "vs_trl.py"), "--quick",
-                           "--out_dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = proc.stdout
+def test_vs_trl_benchmark_quick(tmp_path, one_thread, capsys):
+    """benchmarks/vs_trl.py --quick: both sides run, interleaved, and the report has every part.
+    Its main runs in this process; each run, as always, in a process of its own."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import vs_trl
+
+    vs_trl.main(["--quick", "--out_dir", str(tmp_path)])
+    out = capsys.readouterr().out
     for part in ("pair 0 ours", "pair 0 trl", "pair 1 trl", "pair 1 ours", "load average",
                  "| peak RSS, MB |", "throughput ours / TRL", "| step |", "learning curves"):
         assert part in out, part
