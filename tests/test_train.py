@@ -481,17 +481,23 @@ def test_math_verify_asked_for_but_missing_fails_at_start(tmp_path, no_math_veri
 
 
 @pytest.mark.slow
-def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
-    """A wrong --answer_field (here: every reference is 'x') gives zero reward to every sample."""
+def test_warns_once_when_no_group_has_signal(base_model, tmp_path, one_thread, capsys):
+    """A wrong --answer_field (here: every reference is 'x') gives zero reward to every sample.
+    In this process, every warning recorded (Python's own filter would show a repeat only once)."""
+    import warnings
+
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": "x"}) + "\n" for a in range(10)))
-    proc = run(["--model", str(base_model / "base_model"), "--dataset", str(data), "--out_dir", str(tmp_path / "r"),
-                "--steps", "6", "--save_every", "0", "--chat_template", "none", "--system_prompt", "",
-                "--max_new_tokens", "4", *TINY])
-    assert proc.stderr.count("for 5 steps in a row every group's samples got the same reward") == 1
-    assert "--answer_field" in proc.stderr
-    assert str(tmp_path / "r" / "samples.jsonl") in proc.stderr  # where to see what the model wrote
-    assert "sample: " in proc.stdout
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train.main(["--model", str(base_model / "base_model"), "--dataset", str(data), "--out_dir",
+                    str(tmp_path / "r"), "--steps", "6", "--save_every", "0", "--chat_template", "none",
+                    "--system_prompt", "", "--max_new_tokens", "4", *TINY])
+    said = "\n".join(str(w.message) for w in seen)
+    assert said.count("for 5 steps in a row every group's samples got the same reward") == 1
+    assert "--answer_field" in said
+    assert str(tmp_path / "r" / "samples.jsonl") in said  # where to see what the model wrote
+    assert "sample: " in capsys.readouterr().out
 
 
 @pytest.mark.slow
