@@ -662,12 +662,11 @@ def test_tensorboard_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path, one
 
 
 @pytest.mark.slow
-def test_wandb_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path, one_thread, monkeypatch):
+def test_wandb_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path):
     pytest.importorskip("wandb", reason="pip install wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
     args = ["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0", *TINY]
-    train.main([*args, "--out_dir", str(tmp_path / "wb"), "--report_to", "wandb"])
+    run([*args, "--out_dir", str(tmp_path / "wb"), "--report_to", "wandb"],
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     rows = metrics(tmp_path / "wb")
     logged = wandb_history(next((tmp_path / "wb" / "wandb").glob("offline-run-*/*.wandb")))
     assert [h["entropy"] for h in logged if "entropy" in h] == pytest.approx([r["entropy"] for r in rows])
