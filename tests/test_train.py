@@ -39,6 +39,14 @@ def metrics(out_dir):
         return [json.loads(line) for line in f]
 
 
+def benchmark(name: str):
+    """benchmarks/NAME.py, imported as a module."""
+    import importlib
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    return importlib.import_module(name)
+
+
 @pytest.fixture(scope="module")
 def base_model(default_run):
     """The embedded default, end to end (conftest.py: `python train.py --steps 2` with TINY's sizes,
@@ -139,9 +147,9 @@ def test_curriculum_sees_the_groups_dynamic_sampling_drops(base_model, tmp_path,
 @pytest.mark.slow
 def test_variants_run(base_model, tmp_path, one_thread, schedule, controller, loss):
     train.main(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
-         "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum", "two-phase",
-         "--kl_coef", "0.01" if loss == "grpo" else "0", "--ppo_epochs", "2" if loss == "dapo" else "1",
-         "--save_every", "0", *TINY])
+                "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum",
+                "two-phase", "--kl_coef", "0.01" if loss == "grpo" else "0", "--ppo_epochs",
+                "2" if loss == "dapo" else "1", "--save_every", "0", *TINY])
     rows = metrics(tmp_path)
     assert len(rows) == 2 and REQUIRED_KEYS <= set(rows[-1])
     assert (rows[0]["entropy/target"] is None) == (schedule == "none")
@@ -555,14 +563,6 @@ def test_compare_schedules_benchmark_end_to_end(tmp_path, monkeypatch):
         assert cells[7] == f"{rows[0]['reward/mean']:.2f} → {rows[-1]['reward/mean']:.2f}"
 
 
-def benchmark(name: str):
-    """benchmarks/NAME.py, imported as a module."""
-    import importlib
-
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    return importlib.import_module(name)
-
-
 def test_regime_checks_apply_their_thresholds():
     """R1-R3 as regime.py states them, on hand-made run summaries at and around each threshold."""
     regime = benchmark("regime")
@@ -634,7 +634,7 @@ def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path, one_thread, caps
 @pytest.mark.slow
 def test_loss_options_and_lr_schedule_run(base_model, tmp_path, one_thread, flags):
     train.main(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
-         "--save_every", "0", *TINY, *flags])
+                "--save_every", "0", *TINY, *flags])
     rows = metrics(tmp_path)
     restrained = [r["loss/cov_frac"] for r in rows]
     if "kl-cov" in flags:  # KL-Cov restrains at least one token every step
