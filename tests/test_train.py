@@ -1,4 +1,6 @@
-"""End-to-end: train.py as a user runs it, as a subprocess, on a tiny budget."""
+"""End-to-end: train.py as a user runs it, on a tiny budget: as a subprocess where the command line,
+exit codes, torchrun or signals are under test, else train.main in this process (the same run,
+without a start of Python, torch and transformers of its own: ~5 s of CPU each)."""
 import json
 import math
 import os
@@ -37,12 +39,19 @@ def metrics(out_dir):
         return [json.loads(line) for line in f]
 
 
+def benchmark(name: str):
+    """benchmarks/NAME.py, imported as a module."""
+    import importlib
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    return importlib.import_module(name)
+
+
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """The embedded default, end to end: warm start + 2 RL steps; its base model serves the rest."""
-    out = tmp_path_factory.mktemp("default")
-    run(["--out_dir", str(out), "--steps", "2", *TINY])
-    return out
+def base_model(default_run):
+    """The embedded default, end to end (conftest.py: `python train.py --steps 2` with TINY's sizes,
+    a subprocess): warm start + 2 RL steps; its base model serves the rest."""
+    return default_run / "runs" / "default"
 
 
 @pytest.mark.slow
@@ -70,15 +79,6 @@ def test_default_run_writes_metrics_checkpoint_and_config(base_model):
     assert all(s["reward"] == float(s["extracted"] == s["answer"]) for s in samples)  # plain numbers here
     config = json.load(open(base_model / "config.json"))  # the built-in model keeps its tuned values
     assert (config["lr"], config["lr_warmup_steps"], config["updates_per_step"]) == (2e-4, 0, 4)
-
-
-@pytest.fixture
-def one_thread():
-    """train.main in this process, on one thread as train.py runs the built-in model (restored)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_evaluation_has_a_random_stream_of_its_own(base_model, tmp_path, one_thread):
@@ -145,11 +145,11 @@ def test_curriculum_sees_the_groups_dynamic_sampling_drops(base_model, tmp_path,
                                                         ("constant", "skywork", "dr_grpo"),
                                                         ("cosine", "balance", "dapo")])
 @pytest.mark.slow
-def test_variants_run(base_model, tmp_path, schedule, controller, loss):
-    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
-         "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum", "two-phase",
-         "--kl_coef", "0.01" if loss == "grpo" else "0", "--ppo_epochs", "2" if loss == "dapo" else "1",
-         "--save_every", "0", *TINY])
+def test_variants_run(base_model, tmp_path, one_thread, schedule, controller, loss):
+    train.main(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "2",
+                "--schedule", schedule, "--controller", controller, "--loss", loss, "--curriculum",
+                "two-phase", "--kl_coef", "0.01" if loss == "grpo" else "0", "--ppo_epochs",
+                "2" if loss == "dapo" else "1", "--save_every", "0", *TINY])
     rows = metrics(tmp_path)
     assert len(rows) == 2 and REQUIRED_KEYS <= set(rows[-1])
     assert (rows[0]["entropy/target"] is None) == (schedule == "none")
@@ -259,12 +259,17 @@ def same_run(straight, resumed, from_step):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["python", "torchrun"])
-def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, launcher):
+def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, launcher, one_thread):
     """SIGKILL mid-run, --resume: the same prompts, samples and updates as a run never stopped.
-    Default config (dynamic sampling on: its refills draw from their own generator)."""
+    Default config (dynamic sampling on: its refills draw from their own generator). The straight
+    run of one process runs in this one, on one thread like the others."""
     launch = (sys.executable,) if launcher == "python" else TORCHRUN
     common = ["--model", str(base_model / "base_model"), "--steps", "7", *TINY, "--eval_prompts", "4"]
-    run([*common, "--out_dir", str(tmp_path / "straight"), "--save_every", "0"], launcher=launch)
+    straight = [*common, "--out_dir", str(tmp_path / "straight"), "--save_every", "0"]
+    if launcher == "python":
+        train.main(straight)
+    else:
+        run(straight, launcher=launch)
     killed = tmp_path / "killed"
     args = [*common, "--out_dir", str(killed), "--save_every", "3"]
     logged = kill_after(args, launch, killed, lines=5)
@@ -281,9 +286,9 @@ def test_killed_and_resumed_run_equals_the_straight_run(base_model, tmp_path, la
 
 
 @pytest.mark.slow
-def test_resume_on_another_number_of_ranks_says_so_and_goes_on(base_model, tmp_path):
+def test_resume_on_another_number_of_ranks_says_so_and_goes_on(base_model, tmp_path, one_thread):
     args = ["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), *TINY, "--eval_prompts", "4"]
-    run([*args, "--steps", "2"])  # 1 process, checkpoint at step 2
+    train.main([*args, "--steps", "2"])  # 1 process (this one), checkpoint at step 2
     proc = run([*args, "--steps", "4", "--resume"], launcher=TORCHRUN)
     assert "was written by 1 rank(s) and resumes on 2" in proc.stdout
     assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2, 3]
@@ -399,15 +404,17 @@ def test_passk_goal_with_another_schedule_is_refused_in_one_line(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path):
+def test_objective_does_not_depend_on_ranks_or_micro_batches(tmp_path, one_thread, monkeypatch):
     """One SGD update on a fixed batch: 1 process vs 2 FSDP ranks, micro-batches of 8 vs 1 vs 3,
-    for each loss aggregation mode."""
+    for each loss aggregation mode. The 1-process runs run the script in this process."""
+    import runpy
+
     script = os.path.join(ROOT, "tests", "dist_objective.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name, launcher, micro in [("one", [sys.executable], "8"), ("micro", [sys.executable], "1"),
-                                  ("two", TORCHRUN, "3")]:
-        subprocess.run([*launcher, script, str(tmp_path / f"{name}.pt"), micro], check=True,
-                       env=env, capture_output=True, timeout=180)
+    for name, micro in [("one", "8"), ("micro", "1")]:
+        monkeypatch.setattr(sys, "argv", [script, str(tmp_path / f"{name}.pt"), micro])
+        runpy.run_path(script)
+    subprocess.run([*TORCHRUN, script, str(tmp_path / "two.pt"), "3"], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=180)
     ones, micros, twos = (torch.load(tmp_path / f"{n}.pt") for n in ("one", "micro", "two"))
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -482,32 +489,35 @@ def test_math_verify_asked_for_but_missing_fails_at_start(tmp_path, no_math_veri
 
 
 @pytest.mark.slow
-def test_warns_once_when_no_group_has_signal(base_model, tmp_path):
-    """A wrong --answer_field (here: every reference is 'x') gives zero reward to every sample."""
+def test_warns_once_when_no_group_has_signal(base_model, tmp_path, one_thread, capsys):
+    """A wrong --answer_field (here: every reference is 'x') gives zero reward to every sample.
+    In this process, every warning recorded (Python's own filter would show a repeat only once)."""
+    import warnings
+
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": "x"}) + "\n" for a in range(10)))
-    proc = run(["--model", str(base_model / "base_model"), "--dataset", str(data), "--out_dir", str(tmp_path / "r"),
-                "--steps", "6", "--save_every", "0", "--chat_template", "none", "--system_prompt", "",
-                "--max_new_tokens", "4", *TINY])
-    assert proc.stderr.count("for 5 steps in a row every group's samples got the same reward") == 1
-    assert "--answer_field" in proc.stderr
-    assert str(tmp_path / "r" / "samples.jsonl") in proc.stderr  # where to see what the model wrote
-    assert "sample: " in proc.stdout
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train.main(["--model", str(base_model / "base_model"), "--dataset", str(data), "--out_dir",
+                    str(tmp_path / "r"), "--steps", "6", "--save_every", "0", "--chat_template", "none",
+                    "--system_prompt", "", "--max_new_tokens", "4", *TINY])
+    said = "\n".join(str(w.message) for w in seen)
+    assert said.count("for 5 steps in a row every group's samples got the same reward") == 1
+    assert "--answer_field" in said
+    assert str(tmp_path / "r" / "samples.jsonl") in said  # where to see what the model wrote
+    assert "sample: " in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_rl_step_benchmark_runs_on_a_cpu(tmp_path):
+def test_rl_step_benchmark_runs_on_a_cpu(tmp_path, one_thread, capsys):
     """benchmarks/rl_step.py at its smallest: the same code path it measures at real sizes on GPUs.
     Its bookkeeping is checked against the arguments: 2 prompts x 2 = 4 sequences of exactly 8
     prompt tokens, at most 4 decoded positions each, the completion tokens in between, and every
     phase's tokens/s times its seconds giving back the tokens."""
-    out = tmp_path / "rl_step.json"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "rl_step.py"), "--shape", "tiny",
-                           "--prompts", "2", "--group_size", "2", "--max_new_tokens", "4", "--prompt_len", "8",
-                           "--updates_per_step", "1", "--out", str(out)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    out = tmp_path / "rl_step.json"  # its main in this process (gpu_check.py --cpu runs the command)
+    benchmark("rl_step").main(["--shape", "tiny", "--prompts", "2", "--group_size", "2", "--max_new_tokens",
+                               "4", "--prompt_len", "8", "--updates_per_step", "1", "--out", str(out)])
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.split()}
     assert {"rollout", "update", "step"} <= set(rows)
     result = json.loads(out.read_text())
     assert result["sequences"] == 4 and result["prompt_tokens"] == 4 * 8
@@ -525,15 +535,14 @@ def test_rl_step_benchmark_runs_on_a_cpu(tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_schedules_benchmark_end_to_end(tmp_path):
-    """benchmarks/compare_schedules.py at its smallest: base model, two arms, bootstrap table, fit."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare_schedules.py"),
-                           "--arms", "grpo,es", "--seeds", "0", "--steps", "2", "--eval_every", "2",
-                           "--eval_prompts", "4", "--out_dir", str(tmp_path), "--jobs", "1", "--",
-                           "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_compare_schedules_benchmark_end_to_end(tmp_path, monkeypatch):
+    """benchmarks/compare_schedules.py at its smallest: base model, two arms, bootstrap table, fit.
+    Its main runs in this process; the base model and the arms in subprocesses of their own."""
+    monkeypatch.setattr(sys, "argv", ["compare_schedules.py", "--arms", "grpo,es", "--seeds", "0", "--steps", "2",
+                                      "--eval_every", "2", "--eval_prompts", "4", "--out_dir", str(tmp_path),
+                                      "--jobs", "1", "--", "--prompts_per_step", "8", "--group_size", "4",
+                                      "--warm_start_steps", "25"])
+    benchmark("compare_schedules").main()
     table = (tmp_path / "results.md").read_text()
     assert "| base model (before RL) |" in table and "| grpo |" in table and "| es |" in table
     assert "fitted R = -a exp(H) + b" in table and "over 4 checkpoints" in table  # 2 runs x (base, end)
@@ -554,15 +563,9 @@ def test_compare_schedules_benchmark_end_to_end(tmp_path):
         assert cells[7] == f"{rows[0]['reward/mean']:.2f} → {rows[-1]['reward/mean']:.2f}"
 
 
-def _regime():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import regime
-    return regime
-
-
 def test_regime_checks_apply_their_thresholds():
     """R1-R3 as regime.py states them, on hand-made run summaries at and around each threshold."""
-    regime = _regime()
+    regime = benchmark("regime")
     run = lambda **kw: {"H0": 1.0, "H_end": 0.5, "reward_start": 0.2, "reward_end": 0.4,  # noqa: E731
                         "pass@1_base": 0.2, "pass@16_base": 0.8, "pass@1_end": 0.5,
                         "track_stable": 0.05, "track_anneal": 0.15, "prompts": 512, **kw}
@@ -585,19 +588,18 @@ def test_regime_checks_apply_their_thresholds():
 
 
 @pytest.mark.slow
-def test_regime_benchmark_end_to_end(tmp_path):
+def test_regime_benchmark_end_to_end(tmp_path, capsys, monkeypatch):
     """benchmarks/regime.py at its smallest: one seed, R1 from a 2-step GRPO run, R2 from
-    eval_passk.py on the base model."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "regime.py"), "--seeds", "0",
-                           "--steps", "2", "--only", "r1", "r2", "--out_dir", str(tmp_path), "--jobs", "2",
-                           "--r2_prompts", "4", "--",
-                           "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25",
-                           "--eval_prompts", "4"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "R1 collapse:" in proc.stdout and "R2 headroom:" in proc.stdout and "seed 0:" in proc.stdout
-    assert "4 held-out prompts x 16" in proc.stdout
+    eval_passk.py on the base model. Its main runs in this process; the base model, the run and
+    eval_passk.py in subprocesses of their own."""
+    monkeypatch.setattr(sys, "argv", ["regime.py", "--seeds", "0", "--steps", "2", "--only", "r1", "r2",
+                                      "--out_dir", str(tmp_path), "--jobs", "2", "--r2_prompts", "4", "--",
+                                      "--prompts_per_step", "8", "--group_size", "4", "--warm_start_steps", "25",
+                                      "--eval_prompts", "4"])
+    benchmark("regime").main()
+    stdout = capsys.readouterr().out
+    assert "R1 collapse:" in stdout and "R2 headroom:" in stdout and "seed 0:" in stdout
+    assert "4 held-out prompts x 16" in stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r.get("run") for r in results] == ["grpo", None] and results[1]["prompts"] == 4
     base_eval = json.loads((tmp_path / "seed0" / "base_eval_4.json").read_text())
@@ -606,7 +608,7 @@ def test_regime_benchmark_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
+def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path, one_thread, capsys, monkeypatch):
     """benchmarks/entropy_noise.py: with the output head zeroed every next-token distribution is
     uniform over the 15 tokens, so every batch reads log(15) nats exactly and the spread is 0."""
     from tiny import tiny_policy
@@ -616,13 +618,11 @@ def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
         model.lm_head.weight.zero_()
     model.save_pretrained(tmp_path / "uniform")
     tok.save_pretrained(tmp_path / "uniform")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "entropy_noise.py"),
-                           "--model", str(tmp_path / "uniform"), "--prompts", "4", "8", "--batches", "3",
-                           "--", "--group_size", "2"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0] in ("4", "8")]
+    monkeypatch.setattr(sys, "argv", ["entropy_noise.py", "--model", str(tmp_path / "uniform"), "--prompts",
+                                      "4", "8", "--batches", "3", "--", "--group_size", "2"])
+    benchmark("entropy_noise").main()  # in this process
+    stdout = capsys.readouterr().out
+    rows = [line.split() for line in stdout.splitlines() if line.split() and line.split()[0] in ("4", "8")]
     assert [r[0] for r in rows] == ["4", "8"]
     for r in rows:
         assert float(r[1]) == pytest.approx(math.log(15), abs=1e-3) and float(r[2]) == 0.0 and float(r[3]) == 0.0
@@ -632,9 +632,9 @@ def test_entropy_noise_benchmark_reads_a_fixed_policy(tmp_path):
                                    ["--cov_method", "kl-cov", "--cov_ratio", "0.01", "--lr_schedule", "cosine",
                                     "--lr_warmup_steps", "1"]])
 @pytest.mark.slow
-def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
-    run(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
-         "--save_every", "0", *TINY, *flags])
+def test_loss_options_and_lr_schedule_run(base_model, tmp_path, one_thread, flags):
+    train.main(["--model", str(base_model / "base_model"), "--out_dir", str(tmp_path), "--steps", "3",
+                "--save_every", "0", *TINY, *flags])
     rows = metrics(tmp_path)
     restrained = [r["loss/cov_frac"] for r in rows]
     if "kl-cov" in flags:  # KL-Cov restrains at least one token every step
@@ -648,12 +648,12 @@ def test_loss_options_and_lr_schedule_run(base_model, tmp_path, flags):
 
 
 @pytest.mark.slow
-def test_tensorboard_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path):
+def test_tensorboard_gets_the_numbers_of_metrics_jsonl(base_model, tmp_path, one_thread):
     pytest.importorskip("tensorboard", reason="pip install tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     args = ["--model", str(base_model / "base_model"), "--steps", "2", "--save_every", "0", *TINY]
-    run([*args, "--out_dir", str(tmp_path / "tb"), "--report_to", "tensorboard"])
+    train.main([*args, "--out_dir", str(tmp_path / "tb"), "--report_to", "tensorboard"])
     rows = metrics(tmp_path / "tb")
     events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
     events.Reload()

@@ -7,7 +7,6 @@ knob = init + kp e + ki sum(e) with e = (H* - H) / H*.
 import json
 import os
 import statistics
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -119,12 +118,9 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    from testbed import build_base_model
-
-    path = str(tmp_path_factory.mktemp("trl") / "base_model")
-    build_base_model(path, seed=0, warm_start_steps=25)
-    return path
+def base_model(default_run):
+    """The built-in model warm-started for 25 steps (seed 0): conftest.py's default run's."""
+    return str(default_run / "runs" / "default" / "base_model")
 
 
 @pytest.mark.slow
@@ -181,33 +177,34 @@ def test_the_callbacks_metrics_reach_tensorboard_and_the_log_history(base_model,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("controller", ["pid-entropy", "pid"])
-def test_demo_runs_end_to_end_and_reports_tracking_per_phase(base_model, tmp_path, controller):
+def test_demo_runs_end_to_end_and_reports_tracking_per_phase(base_model, tmp_path, controller, one_thread,
+                                                             capsys):
+    """The demo's main, in this process, as `python trl_entropy_schedule.py ...` runs it."""
+    from trl_entropy_schedule import main
+
     out = tmp_path / "demo"
     os.makedirs(out)
     os.symlink(base_model, out / "base_model")  # the demo builds one only when it finds none
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "trl_entropy_schedule.py"),
-                           "--steps", "8", "--prompts_per_step", "8", "--group_size", "4",
-                           "--updates_per_step", "2", "--micro_batch_size", "16",
-                           "--controller", controller, "--out_dir", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    done = [line for line in proc.stdout.splitlines() if line.startswith("done: ")]
+    main(["--steps", "8", "--prompts_per_step", "8", "--group_size", "4", "--updates_per_step", "2",
+          "--micro_batch_size", "16", "--controller", controller, "--out_dir", str(out)])
+    stdout = capsys.readouterr().out
+    done = [line for line in stdout.splitlines() if line.startswith("done: ")]
     summary = json.loads(done[0][len("done: "):])
     assert set(summary["tracking_error"]) == {"stable", "anneal"}
     assert all(v is not None for v in summary["tracking_error"].values())
-    assert f"trainer.{'epsilon_high' if controller == 'pid' else 'entropy_coef'}" in proc.stdout
-    assert "entropy (*) and its target (-)" in proc.stdout
+    assert f"trainer.{'epsilon_high' if controller == 'pid' else 'entropy_coef'}" in stdout
+    assert "entropy (*) and its target (-)" in stdout
 
 
 @pytest.mark.slow
-def test_vs_trl_benchmark_quick(tmp_path):
-    """benchmarks/vs_trl.py --quick: both sides run, interleaved, and the report has every part."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "vs_trl.py"), "--quick",
-                           "--out_dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = proc.stdout
+def test_vs_trl_benchmark_quick(tmp_path, one_thread, capsys):
+    """benchmarks/vs_trl.py --quick: both sides run, interleaved, and the report has every part.
+    Its main runs in this process; each run, as always, in a process of its own."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import vs_trl
+
+    vs_trl.main(["--quick", "--out_dir", str(tmp_path)])
+    out = capsys.readouterr().out
     for part in ("pair 0 ours", "pair 0 trl", "pair 1 trl", "pair 1 ours", "load average",
                  "| peak RSS, MB |", "throughput ours / TRL", "| step |", "learning curves"):
         assert part in out, part

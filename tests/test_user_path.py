@@ -6,7 +6,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import types
 import warnings
@@ -20,16 +19,7 @@ from test_real_models import data_file, llama_dir  # noqa: F401  (fixtures: a ti
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--prompts_per_step", "8", "--group_size", "4", "--eval_prompts", "8", "--eval_n", "4",
         "--eval_k", "1,4", "--warm_start_steps", "25"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 FAST = ["--verifier", "builtin"]  # math-verify's import is slower than these runs
-
-
-def train_py(args, cwd=ROOT, check=True):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=ENV)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def files_of(directory):
@@ -44,12 +34,10 @@ def files_of(directory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(default_run):
     """README's first command at a tiny size: `python train.py` into runs/default, from a working
-    directory of its own (the paths below are the ones README prints)."""
-    cwd = tmp_path_factory.mktemp("user")
-    train_py(["--out_dir", "runs/default", "--steps", "2", *TINY], cwd=cwd)
-    return cwd
+    directory of its own (the paths below are the ones README prints): conftest.py's default_run."""
+    return default_run
 
 
 # ------------------------------------------------------------------- model paths users can pass
@@ -175,12 +163,12 @@ def test_a_second_run_into_the_same_out_dir_is_refused_and_loses_nothing(runs, c
 
 
 @pytest.mark.slow
-def test_overwrite_starts_over_and_keeps_the_base_model(runs, tmp_path):
+def test_overwrite_starts_over_and_keeps_the_base_model(runs, tmp_path, one_thread, capsys):
     out = tmp_path / "default"
     shutil.copytree(runs / "runs" / "default", out)
     base = files_of(out / "base_model")
-    proc = train_py(["--out_dir", str(out), "--steps", "1", "--overwrite", *TINY, *FAST])
-    assert "removed the previous run's files" in proc.stdout
+    train.main(["--out_dir", str(out), "--steps", "1", "--overwrite", *TINY, *FAST])  # in this process
+    assert "removed the previous run's files" in capsys.readouterr().out
     assert files_of(out / "base_model") == base  # reused, not built again
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]  # the evaluations before
     assert [(r["step"], r.get("eval/step")) for r in rows] == [(0, 0), (0, 1)]  # and after step 0
@@ -188,7 +176,7 @@ def test_overwrite_starts_over_and_keeps_the_base_model(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_rotates_by_step_number_around_another_runs_checkpoints(runs, tmp_path):
+def test_resume_rotates_by_step_number_around_another_runs_checkpoints(runs, tmp_path, one_thread):
     """--resume with checkpoints of higher steps left in the directory (by name they sort after
     this run's): rotation keeps this run's two newest, never the one just written, and leaves the
     others alone; `latest` names a checkpoint that exists."""
@@ -196,7 +184,7 @@ def test_resume_rotates_by_step_number_around_another_runs_checkpoints(runs, tmp
     shutil.copytree(runs / "runs" / "default", out)
     for leftover in ("step_000150", "step_000200"):
         (out / "checkpoints" / leftover).mkdir()
-    train_py(["--out_dir", str(out), "--steps", "4", "--save_every", "1", "--resume", *TINY, *FAST])
+    train.main(["--out_dir", str(out), "--steps", "4", "--save_every", "1", "--resume", *TINY, *FAST])
     assert sorted(os.listdir(out / "checkpoints")) == [
         "latest", "step_000003", "step_000004", "step_000150", "step_000200"]
     assert (out / "checkpoints" / "latest").read_text() == "step_000004"
@@ -237,13 +225,20 @@ def test_the_base_model_is_built_again_for_another_seed(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def llama_run(llama_dir, data_file, tmp_path_factory):  # noqa: F811
     """One RL step of a tiny random Llama on a local JSONL, 12 tokens a completion: it almost
-    never writes its end-of-turn token, so nearly every completion is cut off."""
+    never writes its end-of-turn token, so nearly every completion is cut off. train.main in this
+    process; returns the run's directory and the text of every warning it gave."""
+    import torch
+
     out = tmp_path_factory.mktemp("llama") / "run"
-    proc = train_py(["--model", str(llama_dir), "--dataset", str(data_file), "--prompt_field", "question",
-                     "--out_dir", str(out), "--steps", "1", "--prompts_per_step", "2", "--group_size", "2",
-                     "--max_new_tokens", "12", "--eval_prompts", "4", "--eval_n", "2", "--eval_k", "1,2",
-                     "--temperature", "0.9", *FAST])
-    return out, proc
+    threads = torch.get_num_threads()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train.main(["--model", str(llama_dir), "--dataset", str(data_file), "--prompt_field", "question",
+                    "--out_dir", str(out), "--steps", "1", "--prompts_per_step", "2", "--group_size", "2",
+                    "--max_new_tokens", "12", "--eval_prompts", "4", "--eval_n", "2", "--eval_k", "1,2",
+                    "--temperature", "0.9", *FAST])
+    torch.set_num_threads(threads)  # train.py runs a model this small on one
+    return out, "\n".join(str(w.message) for w in seen)
 
 
 @pytest.mark.slow
@@ -285,11 +280,11 @@ def test_without_a_checkpoint_record_both_tools_default_alike(llama_dir, data_fi
 # ------------------------------------------------------------------- early, specific diagnosis
 @pytest.mark.slow
 def test_answers_cut_off_by_max_new_tokens_are_named_at_the_first_step(llama_run):
-    out, proc = llama_run
+    out, warned = llama_run
     row = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "entropy" in r][0]  # step 0
     assert row["response_length/clip_ratio"] > 0.5
-    assert proc.stderr.count("were cut off at --max_new_tokens 12 with no answer in them") == 1
-    assert "step 0: " in proc.stderr and str(out / "samples.jsonl") in proc.stderr
+    assert warned.count("were cut off at --max_new_tokens 12 with no answer in them") == 1
+    assert "step 0: " in warned and str(out / "samples.jsonl") in warned
 
 
 def fake_run(tmp_path):
