@@ -2,7 +2,7 @@
 
     python benchmarks/regime.py                     # 3 seeds x 7 runs of train.py's 200 steps, 2 at a time
     python benchmarks/regime.py --quick             # 1 seed x 7 runs of 60 steps, 64 held-out prompts
-    python benchmarks/regime.py --only r1 r2 r3knob r3default r3pid --seeds 40 41 42   # README's table
+    python benchmarks/regime.py --only r1 r2 r3knob r3default r3pid --seeds 40 41 42   # docs/results.md's table
     python benchmarks/regime.py --seeds 0 1 2 -- --lr 3e-4 --updates_per_step 8   # + train.py flags
 
 Everything after `--` goes to every train.py run (and to the warm start of the base models)
