@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import train  # noqa: E402
 from testbed import build_base_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ~70 s of train.py runs: the full suite, not the edit-test loop
+
 WARM_START_STEPS = 300  # half the default: ~20 s, and a base whose reward rises within 16 steps
 STEPS = 16  # of the learning runs
 HOLD_STEPS = 24  # of the held-target runs: the controller's integral needs ~10 steps to catch up
