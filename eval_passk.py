@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     from data import HELD_OUT_SEED, default_max_new_tokens, default_system_prompt, load_problems
     from distributed import setup_distributed, teardown_distributed
     from reward import make_verifier
-    from rollout import PolicyError, format_prompts, load_policy, resolve_model_path
+    from rollout import format_prompts, load_policy_or_exit, resolve_model_path
 
     try:  # a checkpoints/latest pointer: the step_N/ it names; a missing directory: one line
         model_path = resolve_model_path(args.model)
@@ -261,18 +261,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"system_prompt {args.system_prompt!r}, max_new_tokens {args.max_new_tokens}, "
               f"temperature {args.temperature}, top_p {args.top_p}", flush=True)
     # each rank holds a whole copy (no optimizer, no gradients): bf16 on a GPU, fp32 on a CPU
-    try:
-        model, tokenizer = load_policy(model_path, device,
-                                       torch.bfloat16 if device.type == "cuda" else torch.float32,
-                                       args.attn_implementation)
-    except PolicyError as e:  # a model this code cannot run as asked: one line, and what to try
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # a hub name that is not there, no network, a gated model
-        if rank == 0:
-            print(f"error: --model {args.model}: {e}", file=sys.stderr)
-        sys.exit(2)
+    model, tokenizer = load_policy_or_exit(args.model, model_path, rank, device=device,
+                                           dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                                           attn_implementation=args.attn_implementation)
     model.eval()
     problems = load_problems(args.dataset, args.split, args.prompt_field, args.answer_field,
                              limit=args.limit or None, sample_seed=HELD_OUT_SEED)

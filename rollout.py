@@ -39,6 +39,7 @@ bias or logit soft-capping (Gemma 2) fall back to full logits.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -222,6 +223,22 @@ def load_policy(name_or_path: str, device: torch.device | None = None, dtype: to
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto",
                                                  **({} if attn is None else {"attn_implementation": attn}))
     return model.to(device=device, dtype=dtype), tokenizer
+
+
+def load_policy_or_exit(model_flag: str, name_or_path: str, rank: int, **kwargs):
+    """`load_policy` for a command line: a model that cannot load as asked (a `PolicyError`, a hub
+    name that is not there, no network, a gated model) ends the process with one line on rank 0
+    and exit status 2, never a traceback from inside transformers. `model_flag` is what the user
+    passed to --model."""
+    try:
+        return load_policy(name_or_path, **kwargs)
+    except PolicyError as e:  # says what to try instead
+        message = str(e)
+    except OSError as e:
+        message = f"--model {model_flag}: {' '.join(str(e).split())}"  # transformers' lines, as one
+    if rank == 0:
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def attention_implementation(config, device: torch.device, requested: str | None = None) -> str | None:

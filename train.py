@@ -62,8 +62,8 @@ from loss import (COV_METHODS, LOSS_AGG_MODES, group_advantages, groups_with_sig
                   truncated_is_weights)
 from reward import extract_answer, make_verifier, math_reward, overlong_penalty
 from testbed import is_testbed_model
-from rollout import (PolicyError, Rollouts, concat_rollouts, format_prompts, generate_rollouts,
-                     load_policy, micro_batches, policy_logprobs_and_entropy,
+from rollout import (Rollouts, concat_rollouts, format_prompts, generate_rollouts,
+                     load_policy, load_policy_or_exit, micro_batches, policy_logprobs_and_entropy,
                      resolve_model_path, sampler_mismatch, sequence_logprobs_and_entropy,
                      stop_token_ids)
 
@@ -825,17 +825,8 @@ def setup(cfg: Config, reward_fn, verifier: str, rank: int, world_size: int,
             ensure_base_model(initial_path, cfg.seed, cfg.warm_start_steps)
         if dist.is_initialized():
             dist.barrier()
-    try:
-        model, tokenizer = load_policy(resume_from or initial_path, device,
-                                       attn_implementation=cfg.attn_implementation)
-    except PolicyError as e:  # a model this code cannot run as asked: one line, and what to try
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # a hub name that is not there, no network, a gated model
-        if rank == 0:
-            print(f"error: --model {cfg.model}: {e}", file=sys.stderr)
-        sys.exit(2)
+    model, tokenizer = load_policy_or_exit(cfg.model, resume_from or initial_path, rank, device=device,
+                                           attn_implementation=cfg.attn_implementation)
     os.makedirs(checkpoint_dir(cfg), exist_ok=True)
     num_params = sum(p.numel() for p in model.parameters())
     if device.type == "cpu" and num_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import types
 import warnings
@@ -13,6 +14,7 @@ import warnings
 import pytest
 
 import eval_passk
+import rollout
 import train
 from test_real_models import data_file, llama_dir  # noqa: F401  (fixtures: a tiny Llama, a JSONL)
 
@@ -135,6 +137,30 @@ def test_a_missing_model_directory_fails_in_one_line_before_anything_is_written(
         train.main(["--model", str(pointer), "--out_dir", str(tmp_path / "out")])
     assert capsys.readouterr().err.strip() == (f"error: --model {pointer} names 'step_000009', but "
                                                f"{tmp_path / 'step_000009'} is no directory")
+
+
+
+def test_a_hub_name_that_cannot_load_fails_in_one_line_on_rank_0(tmp_path, capsys, monkeypatch):
+    """A mistyped hub name offline, as a user meets it: train.py and eval_passk.py print one line
+    naming --model and exit 2, before anything is written; other ranks print nothing."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for command in ([os.path.join(ROOT, "train.py"), "--out_dir", str(tmp_path / "out")],
+                    [os.path.join(ROOT, "eval_passk.py"), "--n", "4", "--k", "1"]):
+        proc = subprocess.run([sys.executable, *command, "--model", "nobody-xyz/not-a-model", *FAST],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+        assert proc.stderr.strip().splitlines() == errors and len(errors) == 1, proc.stderr[-2000:]
+        assert errors[0].startswith("error: --model nobody-xyz/not-a-model: ")
+    assert not (tmp_path / "out").exists()
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no connection\nto the hub")
+    monkeypatch.setattr(rollout, "load_policy", unreachable)
+    for rank, expected in ((0, "error: --model org/x: no connection to the hub\n"), (1, "")):
+        with pytest.raises(SystemExit) as exit_:
+            rollout.load_policy_or_exit("org/x", "org/x", rank)
+        assert exit_.value.code == 2 and capsys.readouterr().err == expected
 
 
 # ------------------------------------------------------------------- one run per out_dir
